@@ -1,0 +1,1 @@
+"""Everything that touches disk: annotations, feature stores, preprocessing, datamodules."""

@@ -1,0 +1,1 @@
+"""Feature stores behind one interface (`FeatureStore`)."""

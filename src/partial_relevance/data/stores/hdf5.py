@@ -1,0 +1,78 @@
+"""HDF5 feature stores: one dataset per key (XML/TVRetrieval and MS-SL query files).
+
+The file is opened lazily in each process (h5py handles do not survive a fork).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.stores.base import FeatureStore
+
+MASK_SUFFIX = "-mask"
+
+
+class Hdf5Store(FeatureStore):
+    """`key -> [n, D]` from an HDF5 file (optionally inside `group`); `-mask` keys hidden."""
+
+    def __init__(
+        self, path: str | Path, expected_dim: int | None = None, group: str | None = None
+    ) -> None:
+        self.path = require_exists(path, "HDF5 feature file")
+        self.group = group
+        self._file: h5py.File | None = None
+        try:
+            root = self._root()
+        except OSError as error:
+            raise DataError(self.path, f"cannot be opened as HDF5: {error}") from None
+        self._keys = [k for k in root if not k.endswith(MASK_SUFFIX)]
+        if not self._keys:
+            raise DataError(self.path, "holds no feature datasets")
+        self._dim = int(root[self._keys[0]].shape[-1])
+        self.check_dim(expected_dim)
+
+    def _root(self) -> h5py.Group:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        if self.group is None:
+            return self._file
+        if self.group not in self._file:
+            raise DataError(self.path, f"group {self.group!r} not found")
+        return self._file[self.group]
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def keys(self) -> Iterable[str]:
+        return self._keys
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._root()
+
+    def _get(self, key: str) -> np.ndarray:
+        root = self._root()
+        if key not in root:
+            raise KeyError(key)
+        return root[key][()]
+
+    def get_mask(self, key: str) -> np.ndarray | None:
+        """The `key-mask` dataset (1 where a subtitle overlaps the clip), or None if absent."""
+        root = self._root()
+        name = key + MASK_SUFFIX
+        return np.asarray(root[name][()], dtype=np.float32) if name in root else None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        return state

@@ -1,0 +1,1 @@
+"""Corpus encoding, chunked exact top-k, span decoding, NMS and the VCMR pipeline."""

@@ -1,0 +1,1 @@
+"""LightningModules that wire models, losses and metrics."""

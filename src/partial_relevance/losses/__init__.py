@@ -1,0 +1,1 @@
+"""Loss functions, one per paper equation, pure functions on tensors."""

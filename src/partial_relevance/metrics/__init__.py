@@ -1,0 +1,1 @@
+"""Rank-based retrieval metrics, temporal IoU, VCMR/SVMR/VR and submission I/O."""

@@ -1,0 +1,1 @@
+"""Plain nn.Modules: no Lightning, no Hydra, no file I/O."""

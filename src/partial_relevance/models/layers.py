@@ -1,0 +1,162 @@
+"""Building blocks shared by every model of the suite (SPEC §2).
+
+`FeatureProjection`, `TransformerLayer`, `TransformerEncoder` (learned positions + layers),
+`AdditivePooling` (PRVR Eq. 1-2), `ModalityPooling` (PREM Eq. 5) and the masked reductions
+that never let padding win.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def masked_fill_min(x: Tensor, mask: Tensor) -> Tensor:
+    """Fill positions where `mask` is False with the dtype's most negative value."""
+    return x.masked_fill(~mask.bool(), torch.finfo(x.dtype).min)
+
+
+def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
+    """Softmax over `dim` ignoring masked-out positions; an all-masked row gives all zeros."""
+    if mask is None:
+        return torch.softmax(logits, dim=dim)
+    mask = mask.bool()
+    weights = torch.softmax(masked_fill_min(logits, mask), dim=dim)
+    return weights * mask.to(weights.dtype)
+
+
+def masked_max(x: Tensor, mask: Tensor | None, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """Max over `dim` ignoring masked-out positions; returns (values, indices).
+
+    An all-masked row returns the dtype's minimum as its value: callers decide what that means.
+    """
+    if mask is None:
+        return x.max(dim=dim)
+    return masked_fill_min(x, mask).max(dim=dim)
+
+
+def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
+    """Unit-normalise along `dim` (safe on zero rows)."""
+    return F.normalize(x, p=2.0, dim=dim, eps=eps)
+
+
+class FeatureProjection(nn.Module):
+    """LayerNorm -> Dropout -> Linear -> ReLU: MS-SL's input layer (SPEC §2 [decision])."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # [..., in_dim] -> [..., out_dim]
+        return F.relu(self.linear(self.dropout(self.norm(x))))
+
+
+class TransformerLayer(nn.Module):
+    """Post-LN encoder layer: self-attention + residual + LN, then an optional FFN block.
+
+    `ffn=False` reproduces the attention-only blocks of MS-SL and GMMFormer.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        ffn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_norm = nn.LayerNorm(dim)
+        self.use_ffn = ffn
+        if ffn:
+            hidden = ffn_dim or 4 * dim
+            self.ffn = nn.Sequential(
+                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+            )
+            self.ffn_dropout = nn.Dropout(dropout)
+            self.ffn_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: [B, L, D]; mask: [B, L] with True/1 at valid positions."""
+        key_padding = None if mask is None else ~mask.bool()
+        if key_padding is not None:
+            # A row with no valid position would give NaNs: let it attend to everything.
+            empty = key_padding.all(dim=1, keepdim=True)
+            key_padding = key_padding & ~empty
+        attended, _ = self.attention(x, x, x, key_padding_mask=key_padding, need_weights=False)
+        x = self.attn_norm(x + self.attn_dropout(attended))
+        if self.use_ffn:
+            x = self.ffn_norm(x + self.ffn_dropout(self.ffn(x)))
+        return x
+
+
+class TransformerEncoder(nn.Module):
+    """Learned positional embeddings added once, then `num_layers` TransformerLayers."""
+
+    def __init__(
+        self,
+        dim: int,
+        max_len: int,
+        num_layers: int = 1,
+        num_heads: int = 4,
+        ffn_dim: int | None = None,
+        dropout: float = 0.1,
+        ffn: bool = True,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, num_heads, ffn_dim, dropout, ffn) for _ in range(num_layers)
+        )
+
+    def add_positions(self, x: Tensor) -> Tensor:
+        """Add learned positional embeddings to x: [B, L, D] (L <= max_len)."""
+        positions = torch.arange(x.shape[1], device=x.device)
+        return self.dropout(x + self.position(positions)[None])
+
+    def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Run the layers on an input that already carries positions."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.encode(self.add_positions(x), mask)
+
+
+class AdditivePooling(nn.Module):
+    """PRVR Eq. 1-2: `α = softmax(w·Xᵀ)` over valid positions, `x = Σ αᵢ xᵢ`."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x: [B, L, D], mask: [B, L] -> [B, D]."""
+        weights = masked_softmax(self.score(x).squeeze(-1), mask)  # [B, L]
+        return torch.einsum("bl,bld->bd", weights, x)
+
+
+class ModalityPooling(nn.Module):
+    """PREM Eq. 5: one scalar head per modality over the same word features.
+
+    Returns pooled vectors `[B, M, D]` and weights `[B, M, N]` (M modalities, rows sum to 1
+    over unmasked words).
+    """
+
+    def __init__(self, dim: int, num_modalities: int = 2) -> None:
+        super().__init__()
+        self.heads = nn.Linear(dim, num_modalities)
+
+    def forward(self, words: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        logits = self.heads(words).transpose(1, 2)  # [B, M, N]
+        weights = masked_softmax(logits, None if mask is None else mask[:, None, :])
+        pooled = torch.einsum("bmn,bnd->bmd", weights, words)
+        return pooled, weights
