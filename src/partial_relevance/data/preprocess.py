@@ -1,0 +1,135 @@
+"""Preprocessing shared by every datamodule (SPEC §1.3).
+
+PRVR (MS-SL convention): 32 moment clips by mean pooling, at most 128 frames, row-wise L2
+normalisation after pooling. VCMR (XML/HERO convention): at most 100 clips, labels on the
+1.5 s grid with an inclusive end.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+CLIP_SECONDS = 1.5  # VCMR clip length of the TVR/DiDeMo features (SPEC §1.3)
+
+
+def pool_boundaries(n: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """MS-SL window bounds: `round(linspace(0, n, target+1))`, clamped to `n - 1`.
+
+    Returns starts and ends, each `[target]`; window k covers frames `[s_k, e_k)`, or frame
+    `s_k` alone when `s_k >= e_k` (n < target repeats frames).
+    """
+    bounds = np.round(np.linspace(0, n, target + 1)).astype(np.int64)
+    bounds = np.minimum(bounds, n - 1)
+    return bounds[:-1], bounds[1:]
+
+
+def mean_pool(features: np.ndarray, target: int) -> np.ndarray:
+    """Mean-pool `[n, D]` into exactly `[target, D]` windows (SPEC §1.3)."""
+    n = len(features)
+    if n == 0:
+        raise ValueError("cannot pool an empty feature sequence")
+    starts, ends = pool_boundaries(n, target)
+    # Prefix sums give every window mean without a Python loop over windows.
+    cumulative = np.concatenate([np.zeros((1, features.shape[1])), np.cumsum(features, 0)])
+    counts = (ends - starts)[:, None]
+    sums = cumulative[ends] - cumulative[starts]
+    single = counts[:, 0] <= 0
+    out = np.where(single[:, None], features[starts], sums / np.maximum(counts, 1))
+    return out.astype(np.float32)
+
+
+def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
+    """`x / (‖x‖ + 1e-5)` per row, as MS-SL does."""
+    return (x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)).astype(np.float32)
+
+
+def prvr_video_inputs(
+    frames: np.ndarray, num_moments: int = 32, max_frames: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame features `[n, D]` -> (moment clips `[num_moments, D]`, frames `[min(n, 128), D]`).
+
+    Both are L2-normalised per row after pooling. Frames are pooled only when `n > max_frames`.
+    """
+    moments = l2_normalize_rows(mean_pool(frames, num_moments))
+    kept = mean_pool(frames, max_frames) if len(frames) > max_frames else frames
+    return moments, l2_normalize_rows(kept)
+
+
+def prvr_query_input(tokens: np.ndarray, max_tokens: int = 30) -> np.ndarray:
+    """Query token features truncated to `max_tokens`, L2-normalised per token."""
+    return l2_normalize_rows(tokens[:max_tokens])
+
+
+def vcmr_video_inputs(
+    visual: np.ndarray,
+    subtitle: np.ndarray | None,
+    subtitle_mask: np.ndarray | None,
+    max_clips: int = 100,
+    video_id: str = "?",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Align, resample to <= `max_clips` and L2-normalise one VCMR video.
+
+    Returns (visual `[L, Dv]`, subtitle `[L, Ds]`, subtitle mask `[L]`, scale) where `scale`
+    = original clips per kept clip (1.0 unless the video was pooled), used to map labels
+    and decoded spans between the two grids. Without a subtitle store, `subtitle` is
+    `[L, 0]` and the mask all zeros.
+    """
+    n = len(visual)
+    if subtitle is not None and len(subtitle) != n:
+        warnings.warn(
+            f"video {video_id!r}: {n} visual clips but {len(subtitle)} subtitle clips; "
+            "aligning both to the smaller",
+            stacklevel=2,
+        )
+        n = min(n, len(subtitle))
+        visual = visual[:n]
+        subtitle = subtitle[:n]
+        subtitle_mask = None if subtitle_mask is None else subtitle_mask[:n]
+    if subtitle is None:
+        subtitle = np.zeros((n, 0), dtype=np.float32)
+        subtitle_mask = np.zeros(n, dtype=np.float32)
+    elif subtitle_mask is None:
+        subtitle_mask = (np.abs(subtitle).sum(-1) > 0).astype(np.float32)
+    scale = 1.0
+    if n > max_clips:
+        scale = n / max_clips
+        visual = mean_pool(visual, max_clips)
+        if subtitle.shape[1]:
+            subtitle = mean_pool(subtitle, max_clips)
+        subtitle_mask = (mean_pool(subtitle_mask[:, None], max_clips)[:, 0] > 0).astype(
+            np.float32
+        )
+    visual = l2_normalize_rows(visual)
+    if subtitle.shape[1]:
+        subtitle = l2_normalize_rows(subtitle) * subtitle_mask[:, None]
+    return visual, subtitle.astype(np.float32), subtitle_mask.astype(np.float32), scale
+
+
+def clip_span_label(
+    start: float, end: float, num_clips: int, clip_seconds: float = CLIP_SECONDS, scale: float = 1.0
+) -> tuple[int, int]:
+    """Seconds `[st, ed]` -> inclusive clip indices on the (possibly resampled) grid.
+
+    `st_idx = floor(st / 1.5)`, `ed_idx = min(ceil(ed / 1.5) - 1, L - 1)`, `ed_idx >= st_idx`
+    (SPEC §1.3); `scale` > 1 when the video was pooled to fewer clips.
+    """
+    seconds_per_clip = clip_seconds * scale
+    st_idx = min(int(math.floor(start / seconds_per_clip)), num_clips - 1)
+    ed_idx = min(int(math.ceil(end / seconds_per_clip)) - 1, num_clips - 1)
+    st_idx = max(st_idx, 0)
+    return st_idx, max(ed_idx, st_idx)
+
+
+def clip_span_to_seconds(
+    st_idx: int,
+    ed_idx: int,
+    duration: float,
+    clip_seconds: float = CLIP_SECONDS,
+    scale: float = 1.0,
+) -> tuple[float, float]:
+    """Inclusive clip span `[i, j]` -> seconds `[i·1.5, (j+1)·1.5]` clipped to the duration."""
+    seconds_per_clip = clip_seconds * scale
+    return min(st_idx * seconds_per_clip, duration), min((ed_idx + 1) * seconds_per_clip, duration)
