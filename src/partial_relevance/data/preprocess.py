@@ -99,9 +99,7 @@ def vcmr_video_inputs(
         visual = mean_pool(visual, max_clips)
         if subtitle.shape[1]:
             subtitle = mean_pool(subtitle, max_clips)
-        subtitle_mask = (mean_pool(subtitle_mask[:, None], max_clips)[:, 0] > 0).astype(
-            np.float32
-        )
+        subtitle_mask = (mean_pool(subtitle_mask[:, None], max_clips)[:, 0] > 0).astype(np.float32)
     visual = l2_normalize_rows(visual)
     if subtitle.shape[1]:
         subtitle = l2_normalize_rows(subtitle) * subtitle_mask[:, None]

@@ -1,0 +1,356 @@
+"""PRVR corpus, datasets and datamodule (MS-SL layout; video-centric batches, SPEC §3).
+
+A training item is one **video with all of its queries**: a batch of 128 videos brings every
+query of those videos, as MS-SL and GMMFormer batch. Evaluation encodes videos and queries
+separately and scores the full query × video matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from partial_relevance.data.annotations import Query, read_caption_file, videos_in_order
+from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.preprocess import prvr_query_input, prvr_video_inputs
+from partial_relevance.data.stores.bigfile import BigFileStore
+from partial_relevance.data.stores.hdf5 import Hdf5Store
+from partial_relevance.data.synthetic import (
+    COLLECTION,
+    PRVR_FEATURE,
+    SyntheticConfig,
+    ensure_corpus,
+)
+
+
+@dataclass
+class PrvrSplit:
+    """The queries of one split and its videos in MS-SL order (first appearance)."""
+
+    name: str
+    queries: list[Query]
+    video_ids: list[str]
+    query_video: np.ndarray  # [n_queries] index into video_ids
+    queries_of_video: list[list[int]]  # per video, its query indices
+
+
+def make_split(name: str, queries: list[Query]) -> PrvrSplit:
+    """Index `queries` by video (video order = first appearance)."""
+    video_ids = videos_in_order(queries)
+    position = {v: i for i, v in enumerate(video_ids)}
+    query_video = np.array([position[q.video_id] for q in queries], dtype=np.int64)
+    queries_of_video: list[list[int]] = [[] for _ in video_ids]
+    for qi, vi in enumerate(query_video):
+        queries_of_video[vi].append(qi)
+    return PrvrSplit(name, queries, video_ids, query_video, queries_of_video)
+
+
+class PrvrCorpus:
+    """An MS-SL collection: BigFile video features, RoBERTa query HDF5 and caption files."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        collection: str,
+        feature: str,
+        video_dim: int | None = None,
+        query_dim: int | None = None,
+        num_moments: int = 32,
+        max_frames: int = 128,
+        max_words: int = 30,
+    ) -> None:
+        self.root = require_exists(root, "PRVR dataset root")
+        self.collection_dir = require_exists(self.root / collection, "PRVR collection directory")
+        self.collection = collection
+        self.text_dir = self.collection_dir / "TextData"
+        self.video_store = BigFileStore(
+            self.collection_dir / "FeatureData" / feature, expected_dim=video_dim
+        )
+        self.query_store = Hdf5Store(
+            self.text_dir / f"roberta_{collection}_query_feat.hdf5", expected_dim=query_dim
+        )
+        self.num_moments = num_moments
+        self.max_frames = max_frames
+        self.max_words = max_words
+
+    @property
+    def video_dim(self) -> int:
+        return self.video_store.dim
+
+    @property
+    def query_dim(self) -> int:
+        return self.query_store.dim
+
+    def caption_path(self, split: str) -> Path:
+        return self.text_dir / f"{self.collection}{split}.caption.txt"
+
+    def load_split(self, split: str) -> PrvrSplit:
+        """Read a caption file and check every query and video has features."""
+        path = self.caption_path(split)
+        queries = read_caption_file(path)
+        query_keys = set(self.query_store.keys())
+        for query in queries:
+            if query.query_id not in query_keys:
+                raise DataError(
+                    self.query_store.path,
+                    f"cap_id {query.query_id!r} (from {path.name}) not found in the query HDF5",
+                )
+        for video in videos_in_order(queries):
+            if video not in self.video_store:
+                raise DataError(
+                    self.video_store.path / "video2frames.txt",
+                    f"video {video!r} (from {path.name}) has no features",
+                )
+        return make_split(split, queries)
+
+    def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(moment clips [32, D], frames [<=128, D]) for one video, L2-normalised."""
+        return prvr_video_inputs(self.video_store.get(video_id), self.num_moments, self.max_frames)
+
+    def query_input(self, query_id: str) -> np.ndarray:
+        return prvr_query_input(self.query_store.get(query_id), self.max_words)
+
+
+class PrvrTrainDataset(Dataset):
+    """Item = one video with every one of its queries."""
+
+    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
+        self.corpus = corpus
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
+        query_ids = [self.split.queries[q].query_id for q in self.split.queries_of_video[index]]
+        return {
+            "video_index": index,
+            "moments": moments,
+            "frames": frames,
+            "queries": [self.corpus.query_input(q) for q in query_ids],
+        }
+
+
+class PrvrVideoDataset(Dataset):
+    """Evaluation side: every video of a split, once."""
+
+    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
+        self.corpus = corpus
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.video_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
+        return {"video_index": index, "moments": moments, "frames": frames, "queries": []}
+
+
+class PrvrQueryDataset(Dataset):
+    """Evaluation side: every query of a split, with its GT video index."""
+
+    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
+        self.corpus = corpus
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split.queries)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {
+            "query_index": index,
+            "video_index": int(self.split.query_video[index]),
+            "tokens": self.corpus.query_input(self.split.queries[index].query_id),
+        }
+
+
+def pad_sequences(arrays: list[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """Stack `[n_i, D]` arrays into `[B, max n, D]` zero-padded plus a bool mask `[B, max n]`."""
+    lengths = [len(a) for a in arrays]
+    dim = arrays[0].shape[-1]
+    out = np.zeros((len(arrays), max(lengths), dim), dtype=np.float32)
+    mask = np.zeros((len(arrays), max(lengths)), dtype=bool)
+    for i, a in enumerate(arrays):
+        out[i, : len(a)] = a
+        mask[i, : len(a)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Videos (and, in training, their queries) -> padded tensors.
+
+    moments [b, 32, D], frames [b, Tf, D], frame_mask [b, Tf]; when the items carry queries:
+    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch).
+    """
+    frames, frame_mask = pad_sequences([it["frames"] for it in items])
+    batch = {
+        "video_index": torch.tensor([it["video_index"] for it in items], dtype=torch.long),
+        "moments": torch.from_numpy(np.stack([it["moments"] for it in items])),
+        "frames": frames,
+        "frame_mask": frame_mask,
+    }
+    queries = [q for it in items for q in it["queries"]]
+    if queries:
+        batch["query_tokens"], batch["query_mask"] = pad_sequences(queries)
+        batch["query_video"] = torch.tensor(
+            [b for b, it in enumerate(items) for _ in it["queries"]], dtype=torch.long
+        )
+    return batch
+
+
+def collate_queries(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Queries -> query_tokens [n, N, Dq], query_mask [n, N], indices and GT video indices."""
+    tokens, mask = pad_sequences([it["tokens"] for it in items])
+    return {
+        "query_index": torch.tensor([it["query_index"] for it in items], dtype=torch.long),
+        "video_index": torch.tensor([it["video_index"] for it in items], dtype=torch.long),
+        "query_tokens": tokens,
+        "query_mask": mask,
+    }
+
+
+def holdout_split(split: PrvrSplit, fraction: float, seed: int) -> tuple[PrvrSplit, PrvrSplit]:
+    """Hold `fraction` of a split's videos (all their queries) out for model selection."""
+    rng = np.random.default_rng(seed)
+    num_held = max(1, round(fraction * len(split.video_ids)))
+    held = set(rng.choice(len(split.video_ids), size=num_held, replace=False).tolist())
+    kept_queries = [q for q, v in zip(split.queries, split.query_video) if int(v) not in held]
+    held_queries = [q for q, v in zip(split.queries, split.query_video) if int(v) in held]
+    return (
+        make_split(split.name, kept_queries),
+        make_split(f"{split.name}_holdout", held_queries),
+    )
+
+
+class PrvrDataModule(pl.LightningDataModule):
+    """Train/val/test loaders over one MS-SL collection (or the generated synthetic one).
+
+    Validation and test each have two loaders, videos then queries; the LightningModule
+    encodes both and scores the full matrix at epoch end.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        collection: str = COLLECTION,
+        feature: str = PRVR_FEATURE,
+        video_dim: int | None = None,
+        query_dim: int | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        select_on: str = "val",
+        holdout_fraction: float = 0.05,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        num_moments: int = 32,
+        max_frames: int = 128,
+        max_words: int = 30,
+        seed: int = 0,
+        synthetic: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if select_on not in ("val", "train_holdout"):
+            raise ValueError(f"data.select_on must be 'val' or 'train_holdout', got {select_on!r}")
+        if root is None and synthetic is None:
+            raise ValueError("data.root is not set: point it at an MS-SL dataset root")
+        self.root = root
+        self.collection = collection
+        self.feature = feature
+        self.video_dim = video_dim
+        self.query_dim = query_dim
+        self.split_names = {"train": train_split, "val": val_split, "test": test_split}
+        self.select_on = select_on
+        self.holdout_fraction = holdout_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.preprocess = {
+            "num_moments": num_moments,
+            "max_frames": max_frames,
+            "max_words": max_words,
+        }
+        self.seed = seed
+        self.synthetic = None if synthetic is None else SyntheticConfig(**synthetic)
+        self.cache_dir = cache_dir
+        self.corpus: PrvrCorpus | None = None
+        self.splits: dict[str, PrvrSplit] = {}
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            ensure_corpus(self.cache_dir or ".cache", self.synthetic)
+
+    def dataset_root(self) -> Path:
+        if self.synthetic is not None:
+            return ensure_corpus(self.cache_dir or ".cache", self.synthetic).prvr_root
+        return Path(str(self.root))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is not None:
+            return
+        self.corpus = PrvrCorpus(
+            self.dataset_root(),
+            self.collection,
+            self.feature,
+            self.video_dim,
+            self.query_dim,
+            **self.preprocess,
+        )
+        train = self.corpus.load_split(self.split_names["train"])
+        if self.select_on == "train_holdout":
+            train, val = holdout_split(train, self.holdout_fraction, self.seed)
+        else:
+            val = self.corpus.load_split(self.split_names["val"])
+        self.splits = {"train": train, "val": val}
+        test_path = self.corpus.caption_path(self.split_names["test"])
+        if test_path.exists():
+            self.splits["test"] = self.corpus.load_split(self.split_names["test"])
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.corpus is not None
+        dataset = PrvrTrainDataset(self.corpus, self.splits["train"])
+        return self._loader(dataset, self.batch_size, True, collate_videos)
+
+    def eval_dataloaders(self, split: str) -> list[DataLoader]:
+        """[videos loader, queries loader] for `split` ('val' or 'test')."""
+        assert self.corpus is not None
+        if split not in self.splits:
+            raise DataError(self.corpus.caption_path(self.split_names[split]), "split not found")
+        data = self.splits[split]
+        return [
+            self._loader(
+                PrvrVideoDataset(self.corpus, data), self.eval_batch_size, False, collate_videos
+            ),
+            self._loader(
+                PrvrQueryDataset(self.corpus, data), self.eval_batch_size, False, collate_queries
+            ),
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders("test" if "test" in self.splits else "val")
+
+    def num_videos(self, split: str) -> int:
+        return len(self.splits[split].video_ids)

@@ -1,0 +1,98 @@
+"""Optimisers and schedules shared by the LightningModules.
+
+`BertAdamW` is the optimiser MS-SL and GMMFormer train with (SPEC §3 Training [decision]):
+AdamW without bias correction, decoupled weight decay, and gradient clipping per parameter
+tensor at norm 1.0 inside the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+class BertAdamW(Optimizer):
+    """Adam with decoupled weight decay, no bias correction, per-tensor grad clipping."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 2.5e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        max_grad_norm: float = 1.0,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"optimizer.lr must be positive, got {lr}")
+        defaults = {
+            "lr": lr,
+            "betas": tuple(betas),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "max_grad_norm": max_grad_norm,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                if group["max_grad_norm"] > 0:
+                    norm = grad.norm()
+                    if norm > group["max_grad_norm"]:
+                        grad = grad * (group["max_grad_norm"] / (norm + 1e-6))
+                state = self.state[param]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+                if group["weight_decay"] > 0:
+                    update = update + group["weight_decay"] * param
+                param.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weight decay on weight matrices, none on biases, norms and embeddings."""
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "norm" in name or "position" in name or "embedding" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_linear_schedule(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.01
+) -> LambdaLR:
+    """Linear warm-up over `warmup_fraction` of the steps, then linear decay to 0."""
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,297 @@
+"""LightningModule for the PRVR framework: Eq. 13 training, full-matrix evaluation (Eq. 14).
+
+The model (any base with the interface of `models.prvr`) and the loss functions stay pure;
+this module wires them, logs every loss term, and scores the whole query × video matrix of
+the evaluation split at epoch end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
+from partial_relevance.losses.contrastive import multi_positive_infonce, triplet_ranking_loss
+from partial_relevance.losses.prvr import (
+    ice_loss,
+    ice_select_pairs,
+    irm_neg_loss,
+    irm_red_loss,
+    tcp_group_labels,
+    tcp_loss,
+    tcp_shuffle,
+)
+from partial_relevance.metrics.retrieval import chunked_ranks, recall_at_k
+from partial_relevance.models.layers import l2_normalize
+from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
+
+DEFAULT_LOSS = {
+    "margin": 0.2,  # PRVR §4.1.3 (peers use 0.1 on TVR)
+    "nce_sim": "dot",  # SPEC §3 [decision]: unnormalised dot products, as MS-SL/GMMFormer
+    "tau": 1.0,
+    "nce_average": "video",
+    "lambda_video_nce": 0.02,  # λ₁, PRVR Eq. 7 as printed
+    "lambda_moment_nce": 0.04,  # λ₂
+    "hard_negative_start_epoch": 20,
+    "hard_topk": 20,
+}
+DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1}  # β_t, λ₃ (PRVR §4.1.3)
+DEFAULT_IRM = {"enabled": False, "neg": True, "red": True, "shared_fc": True, "weight": 1.0}
+DEFAULT_TCP = {
+    "enabled": False,
+    "video": True,
+    "moment": True,
+    "groups": 8,  # g, PRVR §4.1.3
+    "ratio": 0.25,  # β_r
+    "weight": 1.0,  # λ₅
+}
+DEFAULT_EVAL = {"alpha": 0.7, "chunk": 1024}  # α of Eq. 14
+
+
+def _merged(defaults: dict, given: dict | None) -> dict:
+    unknown = set(given or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
+    return {**defaults, **(given or {})}
+
+
+class PrvrLitModule(pl.LightningModule):
+    """Trains a PRVR base model with optional ICE, IRM and TCP (PRVR Eq. 13)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        loss: dict | None = None,
+        ice: dict | None = None,
+        irm: dict | None = None,
+        tcp: dict | None = None,
+        evaluation: dict | None = None,
+        warmup_fraction: float = 0.01,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.loss_cfg = _merged(DEFAULT_LOSS, loss)
+        self.ice_cfg = _merged(DEFAULT_ICE, ice)
+        self.irm_cfg = _merged(DEFAULT_IRM, irm)
+        self.tcp_cfg = _merged(DEFAULT_TCP, tcp)
+        self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
+        self.warmup_fraction = warmup_fraction
+        self.weight_decay = weight_decay
+        dim = net.hidden_dim
+        self.irm_projection = (
+            IrmProjection(dim, self.irm_cfg["shared_fc"]) if self.irm_cfg["enabled"] else None
+        )
+        if self.tcp_cfg["enabled"]:
+            self.tcp_frame = TcpClassifier(dim, self.tcp_cfg["groups"])
+            self.tcp_clip = TcpClassifier(dim, self.tcp_cfg["groups"])
+        self._eval_store: dict[str, list] = {}
+
+    # ------------------------------------------------------------------ training
+    def training_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every term of Eq. 13 for one video-centric batch (a dict, `loss` = the total)."""
+        cfg = self.loss_cfg
+        net = self.net
+        q = net.encode_queries(batch["query_tokens"], batch["query_mask"])  # [n, D]
+        enc = net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
+        y = batch["query_video"]  # [n]
+        hard = self.current_epoch >= cfg["hard_negative_start_epoch"]
+        tau, sim = cfg["tau"], cfg["nce_sim"]
+
+        video_cos = net.video_scores(q, enc, "cos")  # [n, b]
+        moment_cos, _ = net.moment_scores(q, enc, "cos")  # [n, b]
+        video_nce = video_cos if sim == "cos" else net.video_scores(q, enc, sim)
+        moment_nce = moment_cos if sim == "cos" else net.moment_scores(q, enc, sim)[0]
+        terms: dict[str, Tensor] = {
+            "L_v_trip": triplet_ranking_loss(video_cos, y, cfg["margin"], hard, cfg["hard_topk"]),
+            "L_m_trip": triplet_ranking_loss(moment_cos, y, cfg["margin"], hard, cfg["hard_topk"]),
+            "L_v_nce": multi_positive_infonce(video_nce / tau, y, cfg["nce_average"]),
+            "L_m_nce": multi_positive_infonce(moment_nce / tau, y, cfg["nce_average"]),
+        }
+        total = (
+            terms["L_v_trip"]
+            + terms["L_m_trip"]
+            + cfg["lambda_video_nce"] * terms["L_v_nce"]
+            + cfg["lambda_moment_nce"] * terms["L_m_nce"]
+        )
+        terms["L_base"] = total
+        if self.ice_cfg["enabled"]:
+            terms.update(self._ice_terms(q, enc, y))
+            total = total + self.ice_cfg["weight"] * terms["L_ice"]
+        if self.irm_cfg["enabled"]:
+            terms.update(self._irm_terms(q, enc, y, moment_cos, moment_nce))
+            total = total + self.irm_cfg["weight"] * terms["L_irm"]
+        if self.tcp_cfg["enabled"]:
+            terms.update(self._tcp_terms(enc))
+            total = total + self.tcp_cfg["weight"] * terms["L_tcp"]
+        terms["loss"] = total
+        return terms
+
+    def _ice_terms(self, q: Tensor, enc: PrvrVideoEncoding, y: Tensor) -> dict[str, Tensor]:
+        """ICE (PRVR §3.3): mutual-argmax moment-query pairs of other videos above β_t."""
+        b, num_clips, dim = enc.clips.shape
+        clips = enc.clips.reshape(b * num_clips, dim)  # [n_m, D]
+        clip_video = torch.arange(b, device=q.device).repeat_interleave(num_clips)
+        with torch.no_grad():
+            cos = l2_normalize(clips) @ l2_normalize(q).T  # [n_m, n]
+            same_video = clip_video[:, None] == y[None, :]
+            moment_idx, query_idx = ice_select_pairs(cos, same_video, self.ice_cfg["threshold"])
+        cfg = self.loss_cfg
+        loss = ice_loss(
+            clips[moment_idx],
+            q[query_idx],
+            cfg["margin"],
+            cfg["nce_sim"],
+            cfg["tau"],
+            cfg["nce_average"],
+        )
+        return {"L_ice": loss, "n_c": torch.tensor(float(len(query_idx)), device=q.device)}
+
+    def _irm_terms(
+        self, q: Tensor, enc: PrvrVideoEncoding, y: Tensor, moment_cos: Tensor, moment_nce: Tensor
+    ) -> dict[str, Tensor]:
+        """IRM (PRVR §3.4, Eq. 9-10): redundant features as hard negatives and aligned."""
+        assert self.irm_projection is not None
+        v = self.net.video_features(q, enc, y)  # [n, D]
+        target = self.net.target_moments(q, enc, y)  # [n, D]
+        r_v, r_q = self.irm_projection(v, target, q)
+        cfg = self.loss_cfg
+        zero = q.sum() * 0
+        neg = (
+            irm_neg_loss(
+                r_v, r_q, q, moment_cos, moment_nce, y, cfg["margin"], cfg["nce_sim"], cfg["tau"]
+            )
+            if self.irm_cfg["neg"]
+            else zero
+        )
+        red = (
+            irm_red_loss(r_v, r_q, cfg["margin"], cfg["nce_sim"], cfg["tau"], cfg["nce_average"])
+            if self.irm_cfg["red"]
+            else zero
+        )
+        return {"L_neg": neg, "L_red": red, "L_irm": neg + red}
+
+    def _tcp_terms(self, enc: PrvrVideoEncoding) -> dict[str, Tensor]:
+        """TCP (PRVR §3.5, Eq. 11-12): predict temporal groups of shuffled positions."""
+        cfg = self.tcp_cfg
+        out: dict[str, Tensor] = {}
+        branches = []
+        if cfg["video"]:
+            branches.append(("frame", enc.frame_inputs, enc.frames, enc.frame_mask, self.tcp_frame))
+        if cfg["moment"]:
+            branches.append(("clip", enc.clip_inputs, enc.clips, enc.clip_mask, self.tcp_clip))
+        total = enc.clips.sum() * 0
+        for name, inputs, encoded, mask, head in branches:
+            lengths = mask.sum(1)
+            labels = tcp_group_labels(lengths, inputs.shape[1], cfg["groups"])  # [b, T]
+            shuffled, source = tcp_shuffle(inputs, lengths, cfg["ratio"])
+            encoded_shuffled = self.net.encode_branch(name, shuffled, mask)
+            logits_o, logits_s = head(encoded), head(encoded_shuffled)
+            labels_s = labels.gather(1, source)
+            loss = tcp_loss(logits_o, labels, logits_s, labels_s)
+            valid = labels_s != -100
+            accuracy = (logits_s.argmax(-1) == labels_s)[valid].float().mean()
+            out[f"L_tcp_{name}"] = loss
+            out[f"tcp_acc_{name}"] = accuracy.detach()
+            total = total + loss
+        out["L_tcp"] = total
+        return out
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.training_losses(batch)
+        batch_size = len(batch["query_video"])
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                on_step=True,
+                on_epoch=True,
+            )
+        return terms["loss"]
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+        if dataloader_idx == 0:
+            enc = self.net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
+            self._eval_store.setdefault("video_index", []).append(batch["video_index"])
+            self._eval_store.setdefault("clips", []).append(l2_normalize(enc.clips))
+            assert enc.video is not None
+            self._eval_store.setdefault("video", []).append(l2_normalize(enc.video))
+        else:
+            q = self.net.encode_queries(batch["query_tokens"], batch["query_mask"])
+            self._eval_store.setdefault("query_index", []).append(batch["query_index"])
+            self._eval_store.setdefault("query_video", []).append(batch["video_index"])
+            self._eval_store.setdefault("query", []).append(q)
+
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def _gathered(self, key: str, index_key: str) -> Tensor:
+        """Concatenate a stored tensor across batches and ranks, ordered by global index,
+        with the DistributedSampler's padding duplicates removed."""
+        values = torch.cat(self._eval_store[key])
+        index = torch.cat(self._eval_store[index_key])
+        if self.trainer is not None and self.trainer.world_size > 1:
+            values = self.all_gather(values).flatten(0, 1)
+            index = self.all_gather(index).flatten(0, 1)
+        order = torch.argsort(index, stable=True)
+        index, values = index[order], values[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return values[keep]
+
+    def score_matrix_rows(self, query: Tensor, clips: Tensor, video: Tensor) -> Tensor:
+        """Eq. 14: S = α·S_m + (1 − α)·S_v (cosine) for a block of queries -> [nq, b]."""
+        alpha = self.eval_cfg["alpha"]
+        query = l2_normalize(query)
+        moment = torch.einsum("nd,btd->nbt", query, clips).amax(-1)
+        return alpha * moment + (1 - alpha) * query @ video.T
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        if not self._eval_store.get("query"):
+            return {}
+        clips = self._gathered("clips", "video_index")
+        video = self._gathered("video", "video_index")
+        query = self._gathered("query", "query_index")
+        positive = self._gathered("query_video", "query_index")
+        self._eval_store = {}
+        ranks = chunked_ranks(
+            lambda rows: self.score_matrix_rows(query[rows], clips, video),
+            positive,
+            len(query),
+            self.eval_cfg["chunk"],
+        )
+        metrics = recall_at_k(ranks)
+        for name, value in metrics.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name in ("R@1", "SumR"), sync_dist=False)
+        return metrics
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(parameter_groups(self, self.weight_decay))
+        total_steps = int(self.trainer.estimated_stepping_batches) if self.trainer else 1
+        scheduler = warmup_linear_schedule(optimizer, max(1, total_steps), self.warmup_fraction)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

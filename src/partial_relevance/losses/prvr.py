@@ -1,0 +1,230 @@
+"""The PRVR module losses (SPEC §3): ICE (§3.3), IRM (§3.4) and TCP (§3.5).
+
+One function per paper equation, pure functions on tensors:
+
+- `ice_select_pairs` (Eq. 8) mines mutual-argmax moment/query pairs across videos;
+  `ice_loss` aligns them with Eq. 5 + Eq. 6.
+- `irm_neg_loss` (`L_neg`) uses the redundant features r_v, r_q of Eq. 9 as extra negative
+  moments; `irm_red_loss` (`L_red`) aligns r_v with r_q; L_irm = L_neg + L_red (Eq. 10).
+- `tcp_group_labels`, `tcp_shuffle` build the temporal-coherence task; `tcp_loss` is
+  Eq. 11-12.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from partial_relevance.losses.contrastive import (
+    _rand,
+    multi_positive_infonce,
+    pair_similarity,
+    rowwise_similarity,
+    triplet_ranking_loss,
+)
+
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------- ICE (§3.3)
+
+
+def ice_select_pairs(
+    moment_query_cos: Tensor, same_video: Tensor, threshold: float | None = 0.4
+) -> tuple[Tensor, Tensor]:
+    """Mine correlated moment/query pairs of different videos, PRVR §3.3 Eq. 8.
+
+    `moment_query_cos` [n_m, n]: cosine of every batch moment with every query (the caller
+    computes it under `no_grad`); `same_video` [n_m, n] bool: True where moment i belongs to
+    query j's own video, whose similarity is set to −1 (the paper mines *unpaired* pairs).
+    A pair (i, j) is kept when j = argmax_j' S_ij' and i = argmax_i' S_i'j (mutual argmax,
+    ties to the lowest index as `torch.argmax` resolves them) and S_ij > `threshold` (β_t;
+    `None` keeps every mutual pair). A pair on the query's own video is never kept.
+
+    Returns (moment_idx [n_c], query_idx [n_c]) long, sorted by query index.
+    """
+    n_m, n = moment_query_cos.shape
+    device = moment_query_cos.device
+    if n_m == 0 or n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone()
+    same_video = same_video.to(device=device, dtype=torch.bool)
+    S = moment_query_cos.detach().masked_fill(same_video, -1.0)  # [n_m, n]
+    best_query = S.argmax(dim=1)  # [n_m]  ĵ for every moment
+    best_moment = S.argmax(dim=0)  # [n]    î for every query
+    queries = torch.arange(n, device=device)  # [n]
+    keep = best_query[best_moment] == queries  # [n] mutual argmax
+    keep &= ~same_video[best_moment, queries]
+    if threshold is not None:
+        keep &= S[best_moment, queries] > threshold
+    return best_moment[keep], queries[keep]
+
+
+def ice_loss(
+    moments: Tensor,
+    queries: Tensor,
+    margin: float = 0.2,
+    nce_sim: str = "dot",
+    tau: float = 1.0,
+    nce_average: str = "video",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L_ice, PRVR §3.3: Eq. 5 + Eq. 6 on the n_c mined pairs as a mini-batch.
+
+    `moments`, `queries` [n_c, D]: pair i is (moments[i], queries[i]), the positive on the
+    diagonal and the other pairs as negatives. The triplet uses cosine with random negatives;
+    the InfoNCE uses `nce_sim` / τ (SPEC §3). Unweighted sum [decision]; 0 when n_c < 2.
+    """
+    n_c = queries.shape[0]
+    if n_c < 2:
+        return (moments.sum() + queries.sum()) * 0.0
+    diagonal = torch.arange(n_c, device=queries.device)  # [n_c]
+    trip = triplet_ranking_loss(
+        pair_similarity(queries, moments, "cos"), diagonal, margin=margin, generator=generator
+    )
+    nce = multi_positive_infonce(
+        pair_similarity(queries, moments, nce_sim) / tau, diagonal, average=nce_average
+    )
+    return trip + nce
+
+
+# --------------------------------------------------------------------------- IRM (§3.4)
+
+
+def irm_neg_loss(
+    r_v: Tensor,
+    r_q: Tensor,
+    queries: Tensor,
+    moment_cos: Tensor,
+    moment_nce: Tensor,
+    positive_video: Tensor,
+    margin: float = 0.2,
+    nce_sim: str = "dot",
+    tau: float = 1.0,
+) -> Tensor:
+    """L_neg, PRVR §3.4: the redundant features as extra negative moments for their query.
+
+    `r_v`, `r_q`, `queries` [n, D] (row j belongs to pair j); `moment_cos` [n, b]: S_m of
+    every query with every batch video (max over moments of the cosine, Eq. 4);
+    `moment_nce` [n, b]: the same with the `nce_sim` rule, not yet divided by τ;
+    `positive_video` [n]: y(j).
+
+    Triplet: mean_j Σ_{r ∈ {r_v[j], r_q[j]}} max(0, m + cos(r, q_j) − S_m(V_{y(j)}, q_j)).
+    InfoNCE: per query the row [S_m(V_{y(j)}, q_j); S_m(V_k, q_j), k ≠ y(j);
+    s(r_v[j], q_j); s(r_q[j], q_j)] / τ, cross-entropy on the positive, mean over j.
+    L_neg = triplet + InfoNCE (SPEC §3 [decision]: unweighted, like L_ice).
+    """
+    positive_video = positive_video.to(device=moment_cos.device, dtype=torch.long)
+    pos_cos = moment_cos.gather(1, positive_video[:, None]).squeeze(1)  # [n]
+    trip = (
+        F.relu(margin + rowwise_similarity(r_v, queries, "cos") - pos_cos)
+        + F.relu(margin + rowwise_similarity(r_q, queries, "cos") - pos_cos)
+    ).mean()
+    extra = torch.stack(
+        [rowwise_similarity(r_v, queries, nce_sim), rowwise_similarity(r_q, queries, nce_sim)],
+        dim=1,
+    )  # [n, 2]
+    logits = torch.cat([moment_nce, extra], dim=1) / tau  # [n, b + 2]; positive at y(j)
+    nce = F.cross_entropy(logits, positive_video)
+    return trip + nce
+
+
+def irm_red_loss(
+    r_v: Tensor,
+    r_q: Tensor,
+    margin: float = 0.2,
+    nce_sim: str = "dot",
+    tau: float = 1.0,
+    nce_average: str = "video",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """L_red, PRVR §3.4: align the video-view and query-view redundant features (Eq. 5 + 6).
+
+    `r_v`, `r_q` [n, D]: pair i is (r_q[i], r_v[i]), positives on the diagonal; every pair is
+    its own "video" (several pairs of one video are still negatives of each other). Rows of
+    the score matrix are r_q (the query side), columns r_v; triplet on cosine with random
+    negatives, InfoNCE with `nce_sim` / τ.
+    """
+    n = r_v.shape[0]
+    diagonal = torch.arange(n, device=r_v.device)  # [n]
+    trip = triplet_ranking_loss(
+        pair_similarity(r_q, r_v, "cos"), diagonal, margin=margin, generator=generator
+    )
+    nce = multi_positive_infonce(
+        pair_similarity(r_q, r_v, nce_sim) / tau, diagonal, average=nce_average
+    )
+    return trip + nce
+
+
+# --------------------------------------------------------------------------- TCP (§3.5)
+
+
+def tcp_group_labels(lengths: Tensor, max_len: int, groups: int = 8) -> Tensor:
+    """Temporal group labels y_o, PRVR §3.5: y_o[t] = floor(t·g / T), padding −100.
+
+    `lengths` [b]: each sequence's unpadded length T -> [b, max_len] long.
+    """
+    lengths = lengths.to(torch.long)
+    t = torch.arange(max_len, device=lengths.device)[None, :]  # [1, max_len]
+    T = lengths[:, None]  # [b, 1]
+    labels = torch.div(t * groups, T.clamp(min=1), rounding_mode="floor")  # [b, max_len]
+    return labels.masked_fill(t >= T, IGNORE_INDEX)
+
+
+def tcp_shuffle(
+    x: Tensor, lengths: Tensor, ratio: float = 0.25, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Shuffle round(β_r·T) valid positions of each sequence among themselves, PRVR §3.5.
+
+    `x` [b, T, D] (projected features, before positional embeddings); `lengths` [b]. Per row,
+    k = floor(β_r·T_row + 0.5) positions (half rounds up) are drawn at random and permuted by
+    a cyclic shift of their random order, so with k ≥ 2 every chosen position receives
+    another position's content (a derangement, SPEC §3 [decision]); k ≤ 1 leaves the row
+    unchanged. Vectorised over rows.
+
+    Returns (shuffled [b, T, D], index [b, T] long) with shuffled[b, t] = x[b, index[b, t]];
+    index is the identity at untouched and padded positions, so y_s = y_o.gather(1, index).
+    """
+    b, T, D = x.shape
+    device = x.device
+    lengths = lengths.to(device=device, dtype=torch.long).clamp(max=T)
+    pos = torch.arange(T, device=device)  # [T]
+    # Random order of each row's valid positions first, padding last.
+    noise = _rand((b, T), x, generator).masked_fill(pos[None, :] >= lengths[:, None], 2.0)
+    order = noise.argsort(dim=1)  # [b, T]: order[r, a] = a-th position in random order
+    k = torch.floor(lengths.double() * ratio + 0.5).long().clamp(min=0)  # [b]
+    k = torch.minimum(k, lengths)[:, None]  # [b, 1]
+    rank = pos[None, :].expand(b, T)  # [b, T]: a
+    chosen = rank < k
+    nxt = torch.where(rank + 1 < k, rank + 1, torch.zeros_like(rank))  # (a + 1) mod k
+    src = torch.where(chosen, order.gather(1, nxt), order)  # [b, T]
+    index = torch.empty_like(order).scatter_(1, order, src)  # index[order[a]] = order[a+1]
+    shuffled = x.gather(1, index[:, :, None].expand(b, T, D))  # [b, T, D]
+    return shuffled, index
+
+
+def tcp_loss(
+    logits_original: Tensor,
+    labels_original: Tensor,
+    logits_shuffled: Tensor,
+    labels_shuffled: Tensor,
+) -> Tensor:
+    """L_tcp = CE(p_o, y_o) + CE(p_s, y_s), PRVR §3.5 Eq. 11-12.
+
+    logits [b, T, g], labels [b, T] long with −100 at padding; each CE is averaged over the
+    valid positions (0 when there are none, without a host sync).
+    """
+    return _masked_ce(logits_original, labels_original) + _masked_ce(
+        logits_shuffled, labels_shuffled
+    )
+
+
+def _masked_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy averaged over positions whose label is not −100: [b, T, g], [b, T]."""
+    labels = labels.reshape(-1)
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE_INDEX, reduction="none"
+    )  # [b*T], 0 at ignored positions
+    valid = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return ce.sum() / valid

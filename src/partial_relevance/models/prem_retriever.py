@@ -1,0 +1,396 @@
+"""PREM multi-modal collaborative video retriever (PREM §3.3, SPEC §4).
+
+Query side: FeatureProjection -> learned positions -> one TransformerLayer -> modality-specific
+pooling (Eq. 5) -> `q^vis`, `q^sub`. Video side: the visual and subtitle clip streams, each
+projected, given positions and a learned modality embedding, go through ONE multi-modal
+TransformerLayer over the concatenated `[2L, D]` sequence and are split back into `H^vis`,
+`H^sub`. The video encoding does not depend on the query, so a corpus is encoded once.
+
+Score (Eq. 6): `s(q, V) = ½ (max_j cos(q^vis, h_j^vis) + max_j cos(q^sub, h_j^sub))`, computed
+by the pure function `eq6_score`, which the losses (strong / weak positives through `restrict`)
+and the inference code share.
+
+`QueryEncoder` and `MultiModalVideoEncoder` are reused, with their own weights, by the moment
+localizer (SPEC §5: "own encoders as in §4").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from partial_relevance.models.layers import (
+    FeatureProjection,
+    ModalityPooling,
+    TransformerEncoder,
+    l2_normalize,
+    masked_max,
+)
+
+POOLINGS = ("modality", "mean", "max")
+EMPTY_SUBTITLE_MODES = ("mask", "zeros")
+
+
+def _masked_row_max(sim: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Max of `sim` [..., L] over positions where `mask` is True.
+
+    Returns (values [...], valid [...]); `valid` is False where no position is unmasked (the
+    value there is the dtype's min and must not be used).
+    """
+    values, _ = masked_max(sim, mask, dim=-1)
+    return values, mask.any(dim=-1)
+
+
+def _combine_terms(vis: tuple[Tensor, Tensor] | None, sub: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Eq. 6 from per-stream (max value, valid) pairs: ½(vis + sub) where both exist, the
+    visual term alone where the subtitle term is missing, 0 where nothing is valid."""
+    if vis is None and sub is None:
+        raise ValueError("eq6_score needs at least one of use_vis / use_sub")
+    if vis is None or sub is None:
+        term, ok = vis if sub is None else sub
+        return torch.where(ok, term, torch.zeros_like(term))
+    (vis_term, vis_ok), (sub_term, sub_ok) = vis, sub
+    vis_term = torch.where(vis_ok, vis_term, torch.zeros_like(vis_term))
+    sub_term = torch.where(sub_ok, sub_term, torch.zeros_like(sub_term))
+    # sub_ok implies vis_ok (subtitle clips are a subset of the clips).
+    return torch.where(sub_ok, 0.5 * (vis_term + sub_term), vis_term)
+
+
+def _eq6(
+    equation: str,
+    q_vis: Tensor,
+    q_sub: Tensor,
+    h_vis: Tensor,
+    h_sub: Tensor,
+    vis_mask: Tensor,
+    sub_mask: Tensor,
+    use_vis: bool,
+    use_sub: bool,
+) -> Tensor:
+    vis = sub = None
+    if use_vis:
+        sim = torch.einsum(equation, l2_normalize(q_vis), l2_normalize(h_vis))  # [..., L]
+        vis = _masked_row_max(sim, vis_mask)
+    if use_sub:
+        sim = torch.einsum(equation, l2_normalize(q_sub), l2_normalize(h_sub))  # [..., L]
+        sub = _masked_row_max(sim, sub_mask)
+    return _combine_terms(vis, sub)
+
+
+def eq6_score(
+    q_vis: Tensor,
+    q_sub: Tensor,
+    h_vis: Tensor,
+    h_sub: Tensor,
+    clip_mask: Tensor,
+    sub_mask: Tensor,
+    restrict: Tensor | None = None,
+    use_vis: bool = True,
+    use_sub: bool = True,
+) -> Tensor:
+    """PREM §3.3 Eq. 6 for every (query, video) pair: `[B, V]`.
+
+    Args:
+        q_vis, q_sub: query vectors per modality, `[B, D]` (need not be normalised).
+        h_vis, h_sub: clip features per modality, `[V, L, D]` (need not be normalised).
+        clip_mask: `[V, L]` True at real clips.
+        sub_mask: `[V, L]` True at clips whose subtitle counts for the subtitle maximum
+            (it is AND-ed with `clip_mask`).
+        restrict: optional `[B, V, L]` bool; both maxima only run over clips where it is True
+            (strong positives: inside the GT moment; weak positives: outside it).
+        use_vis, use_sub: Table 2 ablations; with one stream off the score is the other
+            stream's maximum alone.
+
+    Returns:
+        `[B, V]` scores. A pair with no valid subtitle clip (under `restrict`) drops the subtitle
+        term: its score is the visual term alone, not the average with 0 (SPEC §4 [decision]).
+        A pair with no valid clip at all for the enabled streams scores 0; callers that can
+        produce such pairs (weak positives of a moment covering the whole video) mask them.
+    """
+    clip_mask = clip_mask.bool()
+    vis_mask = clip_mask[None].expand(q_vis.shape[0], -1, -1)  # [B, V, L]
+    sub_valid = (sub_mask.bool() & clip_mask)[None].expand_as(vis_mask)  # [B, V, L]
+    if restrict is not None:
+        vis_mask = vis_mask & restrict.bool()
+        sub_valid = sub_valid & restrict.bool()
+    return _eq6("bd,vld->bvl", q_vis, q_sub, h_vis, h_sub, vis_mask, sub_valid, use_vis, use_sub)
+
+
+def eq6_pair_score(
+    q_vis: Tensor,
+    q_sub: Tensor,
+    h_vis: Tensor,
+    h_sub: Tensor,
+    clip_mask: Tensor,
+    sub_mask: Tensor,
+    restrict: Tensor | None = None,
+    use_vis: bool = True,
+    use_sub: bool = True,
+) -> Tensor:
+    """Eq. 6 for aligned pairs: query b against video b only -> `[B]`.
+
+    Same conventions as `eq6_score`, with videos already indexed per query: `q_*` `[B, D]`,
+    `h_*` `[B, L, D]`, masks and `restrict` `[B, L]`. Used for the strong / weak positives
+    without computing the full `[B, V, L]` matrix.
+    """
+    vis_mask = clip_mask.bool()
+    sub_valid = sub_mask.bool() & vis_mask
+    if restrict is not None:
+        vis_mask = vis_mask & restrict.bool()
+        sub_valid = sub_valid & restrict.bool()
+    return _eq6("bd,bld->bl", q_vis, q_sub, h_vis, h_sub, vis_mask, sub_valid, use_vis, use_sub)
+
+
+class QueryEncoder(nn.Module):
+    """Query encoder of PREM §3.3 / §3.4: projection, positions, one TransformerLayer, pooling.
+
+    `pooling="modality"` is Eq. 5 (two heads, `q^vis` and `q^sub`); `mean` / `max` are the
+    Table 3 alternatives and give one vector used for both streams (SPEC §4).
+    """
+
+    def __init__(
+        self,
+        query_dim: int = 768,
+        hidden_dim: int = 384,
+        num_heads: int = 4,
+        ffn_dim: int = 1536,
+        dropout: float = 0.1,
+        max_words: int = 30,
+        pooling: str = "modality",
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
+        self.projection = FeatureProjection(query_dim, hidden_dim, dropout)
+        self.encoder = TransformerEncoder(
+            hidden_dim,
+            max_words,
+            num_layers=1,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+        )
+        self.modality_pooling = ModalityPooling(hidden_dim, 2) if pooling == "modality" else None
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor | None]:
+        """tokens: `[B, N, Dq]`, mask: `[B, N]` -> dict(words [B,N,D], mask, vis [B,D],
+        sub [B,D], weights [B,2,N] or None)."""
+        mask = mask.bool()
+        words = self.encoder(self.projection(tokens), mask)  # [B, N, D]
+        weights = None
+        if self.modality_pooling is not None:
+            pooled, weights = self.modality_pooling(words, mask)  # [B, 2, D], [B, 2, N]
+            q_vis, q_sub = pooled[:, 0], pooled[:, 1]
+        elif self.pooling == "mean":
+            m = mask.to(words.dtype)[..., None]  # [B, N, 1]
+            q_vis = q_sub = (words * m).sum(1) / m.sum(1).clamp_min(1.0)
+        else:  # max
+            values, _ = masked_max(words, mask[..., None], dim=1)  # [B, D]
+            q_vis = q_sub = torch.where(mask.any(1, keepdim=True), values, 0.0)
+        return {"words": words, "mask": mask, "vis": q_vis, "sub": q_sub, "weights": weights}
+
+
+class MultiModalVideoEncoder(nn.Module):
+    """Video encoder of PREM §3.3: one multi-modal TransformerLayer over `[H^vis; H^sub]`.
+
+    Each stream: FeatureProjection + learned clip positions (shared by the two streams, clip j
+    of both streams is the same moment in time) + a learned modality embedding. The streams are
+    concatenated to `[V, 2L, D]`, encoded by ONE layer and split back.
+
+    `empty_subtitle` (SPEC §4 [decision]): `mask` (default) masks clips without a subtitle in
+    attention and returns them as False in `sub_mask`; `zeros` is the paper's behaviour: their
+    raw subtitle features are zeros and they take part like any clip (`sub_mask = clip_mask`).
+    A disabled stream (`use_vis` / `use_sub` False) is left out of the encoder and returned as
+    zeros (so corpus caches keep one layout), with an all-False mask for the subtitle stream.
+    """
+
+    def __init__(
+        self,
+        visual_dim: int = 4352,
+        subtitle_dim: int = 768,
+        hidden_dim: int = 384,
+        num_heads: int = 4,
+        ffn_dim: int = 1536,
+        dropout: float = 0.1,
+        max_clips: int = 100,
+        use_vis: bool = True,
+        use_sub: bool = True,
+        empty_subtitle: str = "mask",
+    ) -> None:
+        super().__init__()
+        if not (use_vis or use_sub):
+            raise ValueError("at least one of use_vis / use_sub must be True")
+        if empty_subtitle not in EMPTY_SUBTITLE_MODES:
+            raise ValueError(
+                f"empty_subtitle must be one of {EMPTY_SUBTITLE_MODES}, got {empty_subtitle!r}"
+            )
+        self.hidden_dim = hidden_dim
+        self.use_vis = use_vis
+        self.use_sub = use_sub
+        self.empty_subtitle = empty_subtitle
+        self.vis_projection = (
+            FeatureProjection(visual_dim, hidden_dim, dropout) if use_vis else None
+        )
+        self.sub_projection = (
+            FeatureProjection(subtitle_dim, hidden_dim, dropout) if use_sub else None
+        )
+        self.modality = nn.Embedding(2, hidden_dim)  # 0: visual, 1: subtitle
+        self.encoder = TransformerEncoder(
+            hidden_dim,
+            max_clips,
+            num_layers=1,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            dropout=dropout,
+        )
+
+    def _stream(self, x: Tensor, projection: nn.Module, modality: int) -> Tensor:
+        x = projection(x) + self.modality.weight[modality]  # [V, L, D]
+        return self.encoder.add_positions(x)
+
+    def forward(
+        self,
+        visual: Tensor | None,
+        subtitle: Tensor | None,
+        clip_mask: Tensor,
+        sub_mask: Tensor,
+    ) -> dict[str, Tensor]:
+        """visual `[V, L, Dv]`, subtitle `[V, L, Ds]`, clip_mask / sub_mask `[V, L]`.
+
+        Returns dict(vis [V,L,D], sub [V,L,D], clip_mask [V,L], sub_mask [V,L]) where
+        `sub_mask` is the effective subtitle mask (see the class docstring).
+        """
+        clip_mask = clip_mask.bool()
+        sub_mask = sub_mask.bool() & clip_mask
+        V, L = clip_mask.shape
+        if self.empty_subtitle == "zeros":
+            eff_sub_mask = clip_mask
+            if subtitle is not None:
+                subtitle = subtitle * sub_mask[..., None].to(subtitle.dtype)
+        else:
+            eff_sub_mask = sub_mask
+
+        streams, masks = [], []
+        if self.use_vis:
+            streams.append(self._stream(visual, self.vis_projection, 0))
+            masks.append(clip_mask)
+        if self.use_sub:
+            streams.append(self._stream(subtitle, self.sub_projection, 1))
+            masks.append(eff_sub_mask)
+        hidden = self.encoder.encode(torch.cat(streams, 1), torch.cat(masks, 1))  # [V, kL, D]
+        parts = list(hidden.split(L, dim=1))
+        zeros = hidden.new_zeros(V, L, self.hidden_dim)
+        h_vis = parts.pop(0) if self.use_vis else zeros
+        h_sub = parts.pop(0) if self.use_sub else zeros
+        if not self.use_sub:
+            eff_sub_mask = torch.zeros_like(clip_mask)
+        return {"vis": h_vis, "sub": h_sub, "clip_mask": clip_mask, "sub_mask": eff_sub_mask}
+
+
+class PremRetriever(nn.Module):
+    """PREM video retriever (PREM §3.3, SPEC §4): query and video encoders + Eq. 6 scoring.
+
+    Use `encode_queries`, `encode_videos` (query-independent, cache per corpus) and `score`.
+    Losses live in `partial_relevance.losses.prem`.
+    """
+
+    def __init__(
+        self,
+        visual_dim: int = 4352,
+        subtitle_dim: int = 768,
+        query_dim: int = 768,
+        hidden_dim: int = 384,  # PREM §4.2
+        num_heads: int = 4,  # PREM §4.2
+        ffn_dim: int = 1536,  # PREM §4.2
+        dropout: float = 0.1,  # SPEC §4 [decision]
+        max_clips: int = 100,
+        max_words: int = 30,
+        use_vis: bool = True,
+        use_sub: bool = True,
+        pooling: str = "modality",  # Table 3: modality | mean | max
+        empty_subtitle: str = "mask",  # SPEC §4 [decision]: mask | zeros
+    ) -> None:
+        super().__init__()
+        self.use_vis = use_vis
+        self.use_sub = use_sub
+        self.query_encoder = QueryEncoder(
+            query_dim, hidden_dim, num_heads, ffn_dim, dropout, max_words, pooling
+        )
+        self.video_encoder = MultiModalVideoEncoder(
+            visual_dim,
+            subtitle_dim,
+            hidden_dim,
+            num_heads,
+            ffn_dim,
+            dropout,
+            max_clips,
+            use_vis,
+            use_sub,
+            empty_subtitle,
+        )
+
+    def encode_queries(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor | None]:
+        """tokens `[B, N, Dq]`, mask `[B, N]` -> dict(vis [B, D], sub [B, D],
+        weights [B, 2, N] or None)."""
+        out = self.query_encoder(tokens, mask)
+        return {"vis": out["vis"], "sub": out["sub"], "weights": out["weights"]}
+
+    def encode_videos(
+        self, visual: Tensor, subtitle: Tensor, clip_mask: Tensor, sub_mask: Tensor
+    ) -> dict[str, Tensor]:
+        """visual `[V,L,Dv]`, subtitle `[V,L,Ds]`, masks `[V,L]` -> dict(vis, sub [V,L,D],
+        clip_mask, sub_mask [V,L]). Query-independent: encode each video once."""
+        return self.video_encoder(visual, subtitle, clip_mask, sub_mask)
+
+    def score(
+        self,
+        queries: dict[str, Tensor | None],
+        videos: dict[str, Tensor],
+        restrict: Tensor | None = None,
+    ) -> Tensor:
+        """Eq. 6 scores `[B, V]` of encoded queries against encoded videos.
+
+        `restrict` `[B, V, L]` limits both maxima (strong / weak positives); see `eq6_score`.
+        """
+        return eq6_score(
+            queries["vis"],
+            queries["sub"],
+            videos["vis"],
+            videos["sub"],
+            videos["clip_mask"],
+            videos["sub_mask"],
+            restrict,
+            use_vis=self.use_vis,
+            use_sub=self.use_sub,
+        )
+
+    def score_pairs(
+        self,
+        queries: dict[str, Tensor | None],
+        videos: dict[str, Tensor],
+        restrict: Tensor | None = None,
+    ) -> Tensor:
+        """Eq. 6 of aligned pairs `[B]`: `videos` already indexed so that video b belongs to
+        query b (`[B, L, D]`, masks `[B, L]`); `restrict` `[B, L]`. See `eq6_pair_score`."""
+        return eq6_pair_score(
+            queries["vis"],
+            queries["sub"],
+            videos["vis"],
+            videos["sub"],
+            videos["clip_mask"],
+            videos["sub_mask"],
+            restrict,
+            use_vis=self.use_vis,
+            use_sub=self.use_sub,
+        )
+
+
+def index_encoding(encoding: dict[str, Tensor | None], index: Tensor) -> dict[str, Tensor | None]:
+    """Index the first dim of every tensor of an encoding dict (None values stay None).
+
+    Expands cached encodings to (query, video) pairs: e.g. `index_encoding(videos, pair_video)`
+    with `pair_video` `[P]` gives `[P, L, D]` clip features for the localizer or
+    `PremRetriever.score_pairs`.
+    """
+    return {k: (v[index] if isinstance(v, Tensor) else v) for k, v in encoding.items()}
