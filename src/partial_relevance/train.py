@@ -117,6 +117,11 @@ def train(cfg: DictConfig) -> float:
             )
             metrics["best_checkpoint"] = best  # type: ignore[assignment]
         metrics["epochs_trained"] = float(trainer.current_epoch)
+        # Stage outputs a later stage reads (e.g. the retriever's ranking file): the module
+        # writes them into this run's directory and may add metrics.
+        export = getattr(model, "export_artifacts", None)
+        if callable(export):
+            metrics.update(export(trainer, datamodule, output_dir) or {})
         if trainer.is_global_zero:
             metrics_path.write_text(json.dumps(metrics, indent=2, sort_keys=True))
             print(format_metrics(metrics))

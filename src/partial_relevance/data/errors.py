@@ -16,6 +16,10 @@ class DataError(ValueError):
         super().__init__(message)
         self.path = None if path is None else Path(path)
         self.problem = problem
+        self.hint = hint
+
+    def __reduce__(self):  # picklable, so errors cross DataLoader/multiprocessing workers
+        return (DataError, (self.path, self.problem, self.hint))
 
 
 def require_exists(path: str | Path, what: str) -> Path:

@@ -115,8 +115,8 @@ def clip_span_label(
     (SPEC §1.3); `scale` > 1 when the video was pooled to fewer clips.
     """
     seconds_per_clip = clip_seconds * scale
-    st_idx = min(int(math.floor(start / seconds_per_clip)), num_clips - 1)
-    ed_idx = min(int(math.ceil(end / seconds_per_clip)) - 1, num_clips - 1)
+    st_idx = min(math.floor(start / seconds_per_clip), num_clips - 1)
+    ed_idx = min(math.ceil(end / seconds_per_clip) - 1, num_clips - 1)
     st_idx = max(st_idx, 0)
     return st_idx, max(ed_idx, st_idx)
 

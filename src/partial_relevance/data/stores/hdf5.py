@@ -33,6 +33,12 @@ class Hdf5Store(FeatureStore):
         self._keys = [k for k in root if not k.endswith(MASK_SUFFIX)]
         if not self._keys:
             raise DataError(self.path, "holds no feature datasets")
+        if not isinstance(root[self._keys[0]], h5py.Dataset):
+            raise DataError(
+                self.path,
+                f"entry {self._keys[0]!r} is a group, not a feature dataset",
+                "a consolidated file needs group='video' | 'sub' | 'query'",
+            )
         self._dim = int(root[self._keys[0]].shape[-1])
         self.check_dim(expected_dim)
 
