@@ -40,7 +40,8 @@ SPLITS = ("train", "val", "test")
 QUERY_TYPES = ("v", "vt", "t")
 QUERY_TYPE_PROBS = (0.743, 0.168, 0.089)  # TVR val: v 8,097 / vt 1,834 / t 964
 CLIP_SECONDS = 1.5
-FORMAT_VERSION = 2  # bump when the recipe changes: the cache key includes it
+FORMAT_VERSION = 3  # bump when the recipe changes: the cache key includes it
+# v3: a moment in the last clip of a short video no longer starts after the video's end
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def _generate_video(
         tokens = np.stack(token_latents)[order]
         tokens = tokens + cfg.token_noise * rng.standard_normal(tokens.shape) / np.sqrt(d)
         jitter = rng.uniform(0.0, 0.7, size=2)
-        start = round(st * CLIP_SECONDS + jitter[0], 2)
+        # The last clip may run past the duration: keep 0 <= st <= ed <= duration.
+        start = round(min(st * CLIP_SECONDS + jitter[0], max(duration - 0.3, 0.0)), 2)
         end = round(min((ed + 1) * CLIP_SECONDS - jitter[1], duration), 2)
         end = max(end, round(start + 0.3, 2))
         queries.append(

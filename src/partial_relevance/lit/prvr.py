@@ -220,17 +220,18 @@ class PrvrLitModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- evaluation
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+        """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1)."""
+        store = self._eval_store
         if dataloader_idx == 0:
             enc = self.net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
-            self._eval_store.setdefault("video_index", []).append(batch["video_index"])
-            self._eval_store.setdefault("clips", []).append(l2_normalize(enc.clips))
-            assert enc.video is not None
-            self._eval_store.setdefault("video", []).append(l2_normalize(enc.video))
+            store.setdefault("video_index", []).append(batch["video_index"])
+            for key, value in self.net.index_videos(enc).items():
+                store.setdefault(f"index/{key}", []).append(value)
         else:
             q = self.net.encode_queries(batch["query_tokens"], batch["query_mask"])
-            self._eval_store.setdefault("query_index", []).append(batch["query_index"])
-            self._eval_store.setdefault("query_video", []).append(batch["video_index"])
-            self._eval_store.setdefault("query", []).append(q)
+            store.setdefault("query_index", []).append(batch["query_index"])
+            store.setdefault("query_video", []).append(batch["video_index"])
+            store.setdefault("query", []).append(q)
 
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -254,30 +255,25 @@ class PrvrLitModule(pl.LightningModule):
         keep[1:] = index[1:] != index[:-1]
         return values[keep]
 
-    def score_matrix_rows(self, query: Tensor, clips: Tensor, video: Tensor) -> Tensor:
-        """Eq. 14: S = α·S_m + (1 − α)·S_v (cosine) for a block of queries -> [nq, b]."""
-        alpha = self.eval_cfg["alpha"]
-        query = l2_normalize(query)
-        moment = torch.einsum("nd,btd->nbt", query, clips).amax(-1)
-        return alpha * moment + (1 - alpha) * query @ video.T
-
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        """Score the full query × video matrix in query chunks; log R@k and SumR."""
         if not self._eval_store.get("query"):
             return {}
-        clips = self._gathered("clips", "video_index")
-        video = self._gathered("video", "video_index")
+        keys = [k for k in self._eval_store if k.startswith("index/")]
+        index = {k.split("/", 1)[1]: self._gathered(k, "video_index") for k in keys}
         query = self._gathered("query", "query_index")
         positive = self._gathered("query_video", "query_index")
         self._eval_store = {}
+        alpha = self.eval_cfg["alpha"]
         ranks = chunked_ranks(
-            lambda rows: self.score_matrix_rows(query[rows], clips, video),
+            lambda rows: self.net.score_queries(query[rows], index, alpha),
             positive,
             len(query),
             self.eval_cfg["chunk"],
         )
         metrics = recall_at_k(ranks)
         for name, value in metrics.items():
-            self.log(f"{prefix}/{name}", value, prog_bar=name in ("R@1", "SumR"), sync_dist=False)
+            self.log(f"{prefix}/{name}", value, prog_bar=name in ("R@1", "SumR"))
         return metrics
 
     def on_validation_epoch_end(self) -> None:

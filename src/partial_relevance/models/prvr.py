@@ -10,7 +10,9 @@ any of them without change:
 - `moment_scores(q, enc, sim) -> (S_m [n, b], target index [n, b])` (Eq. 4),
   `target_moments(q, enc, positive) -> m^t [n, D]`;
 - `video_scores(q, enc, sim) -> S_v [n, b]` (Eq. 3), `video_features(q, enc, positive) -> [n, D]`;
-- `encode_branch(branch, projected, mask)` runs one branch encoder on (shuffled) inputs.
+- `encode_branch(branch, projected, mask)` runs one branch encoder on (shuffled) inputs;
+- `index_videos(enc) -> dict` the query-independent per-video tensors evaluation keeps, and
+  `score_queries(q, index, alpha) -> [n, b]` the inference score of Eq. 14 from them.
 """
 
 from __future__ import annotations
@@ -137,6 +139,17 @@ class PrvrBaseModel(nn.Module):
         """The video vector v of each query's own video -> [n, D]."""
         assert enc.video is not None
         return enc.video[positive]
+
+    def index_videos(self, enc: PrvrVideoEncoding) -> dict[str, Tensor]:
+        """What evaluation keeps per video: unit clips [b, Tm, D] and unit video vector [b, D]."""
+        assert enc.video is not None
+        return {"clips": l2_normalize(enc.clips), "video": l2_normalize(enc.video)}
+
+    def score_queries(self, q: Tensor, index: dict[str, Tensor], alpha: float) -> Tensor:
+        """Eq. 14: S = α·S_m + (1 − α)·S_v on cosine similarities -> [n, b]."""
+        q = l2_normalize(q)
+        moment = torch.einsum("nd,btd->nbt", q, index["clips"]).amax(-1)
+        return alpha * moment + (1 - alpha) * q @ index["video"].T
 
 
 class IrmProjection(nn.Module):

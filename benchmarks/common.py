@@ -1,0 +1,224 @@
+"""Shared helpers of the benchmark suite: machine facts, timers, result recording.
+
+Every benchmark prints its result as ONE JSON object on the last line of stdout, appends it to
+`benchmarks/results.json` (a list, newest last) and regenerates `benchmarks/RESULTS.md`.
+Benchmarks measure and print; they never assert a timing. Only ratios measured on one host in
+one sitting mean anything: every result carries the machine facts it was measured with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+# -------------------------------------------------------------------------------- machine
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo as a dict ({} where absent)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    """CPU model name (`/proc/cpuinfo` 'model name', else `platform.processor()`)."""
+    fields = _cpuinfo_fields()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family, model = fields.get("cpu family"), fields.get("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
+
+
+def bf16_units() -> dict[str, bool]:
+    """Whether the CPU advertises bf16 matrix/vector units (`amx_bf16`, `avx512_bf16`)."""
+    flags = set(_cpuinfo_fields().get("flags", "").split())
+    return {flag: flag in flags for flag in BF16_FLAGS}
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (a loaded host slows every number)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux `ru_maxrss` is KiB)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
+
+
+def matmul_flops(dtype: torch.dtype, size: int = 1024, reps: int = 8) -> float:
+    """Dense `size`×`size` matmul rate in FLOP/s (2·n³ per product; median of `reps`)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    for _ in range(2):  # warm-up: kernel selection, page faults
+        torch.matmul(a, b)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times)
+
+
+def machine_facts(measure_matmul: bool = True) -> dict[str, Any]:
+    """Facts every report carries: CPU, bf16 units, torch, threads, command, load, matmul rate."""
+    facts: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "bf16_units": bf16_units(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "load_avg": load_average(),
+    }
+    if measure_matmul:
+        facts["matmul_gflops"] = {
+            "fp32": round(matmul_flops(torch.float32) / 1e9, 1),
+            "bf16": round(matmul_flops(torch.bfloat16) / 1e9, 1),
+        }
+    return facts
+
+
+# ---------------------------------------------------------------------------------- timing
+
+
+class Stopwatch:
+    """Accumulates wall-clock seconds per named stage."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------------- results
+
+
+def _cell(value: Any) -> str:
+    """A Markdown table cell: floats to 4 significant digits, dicts/lists compact."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":")).replace("|", "\\|")
+    return str(value).replace("|", "\\|")
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    units = [k for k, v in machine.get("bf16_units", {}).items() if v] or ["none"]
+    flops = machine.get("matmul_gflops", {})
+    return (
+        f"{machine.get('cpu', '?')}; {machine.get('threads', '?')} torch threads "
+        f"({machine.get('cpu_count', '?')} CPUs); bf16 units: {', '.join(units)}; "
+        f"torch {machine.get('torch', '?')}; load avg {machine.get('load_avg', '?')}; "
+        f"matmul 1024² fp32 {flops.get('fp32', '?')} GFLOP/s, bf16 {flops.get('bf16', '?')} "
+        "GFLOP/s"
+    )
+
+
+def render_markdown(results: list[dict[str, Any]]) -> str:
+    """RESULTS.md: per benchmark, each run (newest last) as machine facts + one table."""
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `benchmarks/common.py` from `results.json` (newest last); do not edit.",
+        "Only ratios measured on one host in one sitting mean anything: compare rows of one run.",
+        "",
+    ]
+    names = list(dict.fromkeys(r.get("benchmark", "?") for r in results))
+    for name in names:
+        lines += [f"## {name}", ""]
+        for result in (r for r in results if r.get("benchmark") == name):
+            machine = result.get("machine", {})
+            lines += [
+                f"### {result.get('timestamp', '?')}",
+                "",
+                f"- machine: {_machine_line(machine)}",
+                f"- command: `{machine.get('command', '?')}`",
+                f"- parameters: `{_cell(result.get('params', {}))}`",
+            ]
+            lines += [f"- note: {note}" for note in result.get("notes", [])]
+            lines.append("")
+            rows = result.get("rows", [])
+            if rows:
+                columns = list(dict.fromkeys(key for row in rows for key in row))
+                lines.append("| " + " | ".join(columns) + " |")
+                lines.append("|" + "---|" * len(columns))
+                for row in rows:
+                    lines.append("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |")
+                lines.append("")
+    return "\n".join(lines)
+
+
+def record_result(
+    benchmark: str,
+    rows: list[dict[str, Any]],
+    machine: dict[str, Any],
+    params: dict[str, Any],
+    notes: list[str] | None = None,
+    save: bool = True,
+) -> dict[str, Any]:
+    """Append one result to results.json, regenerate RESULTS.md, print it as one JSON line."""
+    result = {
+        "benchmark": benchmark,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "params": params,
+        "notes": notes or [],
+        "rows": rows,
+    }
+    if save:
+        previous: list[dict[str, Any]] = []
+        if RESULTS_JSON.exists():
+            try:
+                previous = json.loads(RESULTS_JSON.read_text())
+            except json.JSONDecodeError:
+                print(f"warning: {RESULTS_JSON} is not valid JSON; starting a new list")
+        previous.append(result)
+        RESULTS_JSON.write_text(json.dumps(previous, indent=1) + "\n")
+        RESULTS_MD.write_text(render_markdown(previous) + "\n")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def last_json_line(stdout: str) -> dict[str, Any]:
+    """Parse the last stdout line of a child benchmark process as JSON."""
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    if not lines:
+        raise RuntimeError("child process printed nothing")
+    return json.loads(lines[-1])

@@ -1,0 +1,416 @@
+"""LightningModule for the PREM video retriever (PREM §3.3, SPEC §4, §6.1).
+
+Training: query-centric batches (256 queries, SPEC §4) with their GT videos; the batch's
+distinct videos are the in-batch negatives (gathered across DDP ranks when
+`gather_negatives`). The loss is `retriever_loss` (`L_q2v + L_v2q`, PREM Eq. 7–8): the strong
+positive is Eq. 6 restricted to the GT moment's clips, the weak positive Eq. 6 restricted to
+the clips outside it. Every term is logged as `train/<name>`.
+
+Evaluation (VR, SPEC §6.1 / §7): every video of the split is encoded once, every query once;
+at epoch end the full query × video Eq. 6 matrix is scored exactly in query chunks and VR R@1 /
+5 / 10 / 100 and SumR are logged as `<split>/VR_R@k`, `<split>/VR_SumR` (plus per query type
+`<split>/VR_R@k_<type>` where the split has types), gathered across ranks with global ids and
+de-duplicated (the DistributedSampler pads).
+
+`export_artifacts` (called by `train(cfg)` after testing the best checkpoint) ranks every
+split's queries against that split's videos and writes one ranking file (top-100 videos and
+scores per query; `inference.ranking`) into the run directory, for the moment localizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from partial_relevance.inference.ranking import (
+    DEFAULT_MAX_ELEMENTS,
+    DEFAULT_TOPK,
+    VIDEO_KEYS,
+    CorpusRanking,
+    SplitRanking,
+    encoded_score_fn,
+    pad_clips,
+    query_chunk_size,
+    rank_corpus,
+    stack_query_encodings,
+    stack_video_encodings,
+    write_rankings,
+)
+from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
+from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
+from partial_relevance.metrics.retrieval import DEFAULT_KS, recall_at_k
+from partial_relevance.models.prem_retriever import PremRetriever, index_encoding
+
+DEFAULT_EVAL = {"max_elements": DEFAULT_MAX_ELEMENTS}
+DEFAULT_RANKING = {
+    "enabled": True,
+    "k": DEFAULT_TOPK,  # SPEC §6.1: top-100 videos
+    "file": "rankings.h5",
+    "splits": ["train", "val", "test"],
+}
+QUERY_TYPE_NAMES = {0: "v", 1: "t", 2: "vt"}  # data.vcmr.QUERY_TYPE_CODES, inverted
+
+
+def _merged(defaults: dict, given: Mapping | None) -> dict:
+    unknown = set(given or {}) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
+    return {**defaults, **dict(given or {})}
+
+
+def first_occurrence(ids: Tensor) -> Tensor:
+    """`[V]` True at the first column of each id (a video gathered twice counts once)."""
+    same = ids[:, None] == ids[None, :]  # [V, V]
+    return ~torch.tril(same, diagonal=-1).any(dim=1)
+
+
+def gather_video_encodings(
+    videos: Mapping[str, Tensor],
+    video_ids: Tensor,
+    gather: Callable[[Tensor], Tensor],
+    rank: int,
+) -> tuple[dict[str, Tensor], Tensor, int]:
+    """Gather encoded videos of every rank (in-batch negatives under DDP, SPEC §4).
+
+    Ranks hold different numbers of videos `V_r` and clips `L_r`, so each pads to the largest
+    before `gather` (an all-gather returning `[W, ...]`; with gradients for float tensors), and
+    the padding rows are dropped afterwards.
+
+    Returns (encodings `[ΣV_r, L_max, ...]` in rank order, ids `[ΣV_r]`, offset of this rank's
+    first video among the gathered columns).
+    """
+    num_videos, num_clips = videos["clip_mask"].shape
+    sizes = gather(torch.tensor([num_videos, num_clips], device=video_ids.device))  # [W, 2]
+    v_max, l_max = int(sizes[:, 0].max()), int(sizes[:, 1].max())
+
+    def pad(x: Tensor) -> Tensor:
+        x = pad_clips(x, l_max) if x.ndim >= 2 else x
+        extra = v_max - x.shape[0]
+        return torch.cat([x, x.new_zeros((extra, *x.shape[1:]))]) if extra else x
+
+    out: dict[str, Tensor] = {}
+    for key in VIDEO_KEYS:
+        value = videos[key]
+        if value.dtype == torch.bool:
+            out[key] = gather(pad(value.to(torch.uint8))).flatten(0, 1).bool()
+        else:
+            out[key] = gather(pad(value)).flatten(0, 1)
+    ids = gather(pad(video_ids)).flatten(0, 1)
+    valid = (torch.arange(v_max, device=sizes.device)[None] < sizes[:, :1]).flatten()  # [W*v]
+    offset = int(sizes[:rank, 0].sum())
+    return {k: v[valid] for k, v in out.items()}, ids[valid], offset
+
+
+def vr_metrics(
+    ranks: Tensor, query_types: Tensor | None = None, ks: tuple[int, ...] = DEFAULT_KS
+) -> dict[str, float]:
+    """VR `R@k` (and per query type) from GT ranks (SPEC §7): keys `VR_R@k`, `VR_SumR`,
+    `VR_R@k_<type>`, `VR_SumR_<type>`."""
+    out = {f"VR_{name}": value for name, value in recall_at_k(ranks, ks).items()}
+    if query_types is not None:
+        for code, name in QUERY_TYPE_NAMES.items():
+            subset = ranks[query_types == code]
+            if subset.numel():
+                for metric, value in recall_at_k(subset, ks).items():
+                    out[f"VR_{metric}_{name}"] = value
+    return out
+
+
+class PremRetrieverLitModule(pl.LightningModule):
+    """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5)."""
+
+    def __init__(
+        self,
+        net: PremRetriever,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        tau: float = 0.01,  # SPEC §4 / PREM §3.3
+        weak_weight: float = 0.5,  # β, SPEC §4
+        strong_relevance: bool = True,
+        weak_relevance: bool = True,
+        video_to_query: bool = True,
+        gather_negatives: bool = True,
+        warmup_fraction: float | None = None,
+        evaluation: Mapping | None = None,
+        ranking: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.tau = tau
+        self.weak_weight = weak_weight
+        self.strong_relevance = strong_relevance
+        self.weak_relevance = weak_relevance
+        self.video_to_query = video_to_query
+        self.gather_negatives = gather_negatives
+        self.warmup_fraction = warmup_fraction
+        self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
+        self.ranking_cfg = _merged(DEFAULT_RANKING, ranking)
+        self._eval_store: dict[str, list[Tensor]] = {}
+
+    # ------------------------------------------------------------------ training
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def _batch_videos(
+        self, videos: dict[str, Tensor], video_ids: Tensor
+    ) -> tuple[dict[str, Tensor], Tensor, int]:
+        """The columns of the in-batch score matrix: this rank's videos, or every rank's."""
+        if not (self.gather_negatives and self._world_size() > 1):
+            return videos, video_ids, 0
+
+        def gather(x: Tensor) -> Tensor:
+            return self.all_gather(x, sync_grads=x.is_floating_point() and x.requires_grad)
+
+        return gather_video_encodings(videos, video_ids, gather, self.global_rank)
+
+    def training_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every term of the retriever loss for one batch (dict; `loss` is the total)."""
+        net = self.net
+        queries = net.encode_queries(batch["query_tokens"], batch["query_mask"])  # [B, D] each
+        videos = net.encode_videos(
+            batch["visual"], batch["subtitle"], batch["clip_mask"], batch["sub_mask"]
+        )  # [V, L, D] each
+        query_video = batch["query_video"]  # [B] column of the GT video
+        pairs = index_encoding(videos, query_video)  # [B, L, D]
+        strong_mask, weak_mask, weak_valid = strong_weak_masks(batch["span"], pairs["clip_mask"])
+        # strong_relevance off (Table 2): the positive is Eq. 6 over the whole GT video.
+        strong = net.score_pairs(queries, pairs, strong_mask if self.strong_relevance else None)
+        weak = net.score_pairs(queries, pairs, weak_mask)  # [B]
+        columns, column_ids, offset = self._batch_videos(videos, batch["video_index"])
+        scores = net.score(queries, columns)  # [B, V_all]
+        own_ids = batch["video_index"][query_video]  # [B]
+        negative_mask = in_batch_negative_mask(own_ids, column_ids) & first_occurrence(column_ids)
+        terms = retriever_loss(
+            strong,
+            weak,
+            weak_valid,
+            scores,
+            query_video + offset,
+            negative_mask,
+            tau=self.tau,
+            weak_weight=self.weak_weight if self.weak_relevance else 0.0,
+            video_to_query=self.video_to_query,
+        )
+        return terms
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        terms = self.training_losses(batch)
+        batch_size = len(batch["query_video"])
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+                on_step=True,
+                on_epoch=True,
+            )
+        return terms["loss"]
+
+    # ---------------------------------------------------------------- evaluation
+    def encode_video_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Encoded clips of a `collate_vcmr_videos` batch: vis/sub [v, L, D], masks [v, L]."""
+        return self.net.encode_videos(
+            batch["visual"], batch["subtitle"], batch["clip_mask"], batch["sub_mask"]
+        )
+
+    def encode_query_batch(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Encoded queries of a `collate_vcmr_queries` batch: vis/sub [b, D]."""
+        out = self.net.encode_queries(batch["query_tokens"], batch["query_mask"])
+        return {"vis": out["vis"], "sub": out["sub"]}  # type: ignore[dict-item]
+
+    def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+        """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1)."""
+        store = self._eval_store
+        if dataloader_idx == 0:
+            store.setdefault("videos", []).append(self.encode_video_batch(batch))  # type: ignore[arg-type]
+            store.setdefault("video_index", []).append(batch["video_index"])
+        else:
+            store.setdefault("queries", []).append(self.encode_query_batch(batch))  # type: ignore[arg-type]
+            store.setdefault("query_index", []).append(batch["query_index"])
+            store.setdefault("query_video", []).append(batch["video_index"])
+            store.setdefault("query_type", []).append(batch["query_type"])
+
+    def validation_step(
+        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def _dedup(self, index: Tensor, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Order rows by global index and drop the DistributedSampler's duplicates."""
+        order = torch.argsort(index, stable=True)
+        index = index[order]
+        keep = torch.ones_like(index, dtype=torch.bool)
+        keep[1:] = index[1:] != index[:-1]
+        return {k: v[order][keep] for k, v in values.items()}
+
+    def _gathered_corpus(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(videos, queries) of the whole evaluation split, identical on every rank."""
+        store = self._eval_store
+        videos = stack_video_encodings(store["videos"])  # type: ignore[arg-type]
+        video_index = torch.cat(store["video_index"])
+        queries: dict[str, Tensor] = stack_query_encodings(store["queries"])  # type: ignore[arg-type]
+        queries["positive"] = torch.cat(store["query_video"])
+        queries["query_type"] = torch.cat(store["query_type"])
+        query_index = torch.cat(store["query_index"])
+        if self._world_size() > 1:
+            videos, video_index, _ = gather_video_encodings(
+                videos, video_index, self.all_gather, self.global_rank
+            )
+            queries = {k: self.all_gather(v).flatten(0, 1) for k, v in queries.items()}
+            query_index = self.all_gather(query_index).flatten(0, 1)
+        return self._dedup(video_index, videos), self._dedup(query_index, queries)
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        """VR over the full split: exact chunked Eq. 6 scores -> GT ranks -> R@k, SumR."""
+        if not self._eval_store.get("queries") or not self._eval_store.get("videos"):
+            self._eval_store = {}
+            return {}
+        videos, queries = self._gathered_corpus()
+        self._eval_store = {}
+        labelled = queries["positive"] >= 0
+        if not bool(labelled.any()):
+            return {}
+        queries = {k: v[labelled] for k, v in queries.items()}
+        ranking = self._rank(queries, videos, k=1)
+        assert ranking.ranks is not None
+        metrics = vr_metrics(ranking.ranks, queries["query_type"])
+        for name, value in metrics.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name in ("VR_R@1", "VR_SumR"))
+        return metrics
+
+    def _rank(
+        self, queries: Mapping[str, Tensor], videos: Mapping[str, Tensor], k: int
+    ) -> CorpusRanking:
+        """Chunked exact top-k and GT ranks of `queries` against the encoded `videos`."""
+        num_videos, num_clips = videos["clip_mask"].shape
+        chunk = query_chunk_size(num_videos, num_clips, self.eval_cfg["max_elements"])
+        encoded = {"vis": queries["vis"], "sub": queries["sub"]}
+        positive = queries.get("positive")
+        return rank_corpus(
+            encoded_score_fn(self.net.score, encoded, videos),
+            len(encoded["vis"]),
+            k=k,
+            positive=positive,
+            chunk=chunk,
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------- ranking
+    @torch.no_grad()
+    def encode_split(
+        self, datamodule: Any, split: str, device: torch.device | str = "cpu"
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Encode one split's corpus once (videos, then queries) in eval mode on `device`."""
+        video_loader, query_loader = datamodule.split_loaders(split)
+
+        def to_device(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {k: v.to(device) for k, v in batch.items()}
+
+        video_chunks, video_index = [], []
+        for batch in video_loader:
+            video_chunks.append(self.encode_video_batch(to_device(batch)))
+            video_index.append(batch["video_index"])
+        query_chunks, query_index = [], []
+        for batch in query_loader:
+            query_chunks.append(self.encode_query_batch(to_device(batch)))
+            query_index.append(batch["query_index"])
+        for name, index in (("video", video_index), ("query", query_index)):
+            flat = torch.cat(index)
+            if not torch.equal(flat, torch.arange(len(flat))):
+                raise RuntimeError(f"split {split!r}: the {name} loader is not in index order")
+        return stack_video_encodings(video_chunks), stack_query_encodings(query_chunks)
+
+    @torch.no_grad()
+    def rank_split(
+        self, datamodule: Any, split: str, device: torch.device | str = "cpu"
+    ) -> tuple[SplitRanking, Tensor | None]:
+        """Top-k videos of every query of `split` (SPEC §6.1) and, if labelled, GT ranks."""
+        data = datamodule.all_splits()[split]
+        videos, queries = self.encode_split(datamodule, split, device)
+        positive = None
+        if data.labelled:
+            positive = torch.as_tensor(data.query_video, device=device)
+        queries = {**queries, **({"positive": positive} if positive is not None else {})}
+        result = self._rank(queries, videos, k=int(self.ranking_cfg["k"]))
+        ranking = SplitRanking(
+            split,
+            [q.query_id for q in data.queries],
+            list(data.video_ids),
+            result.indices.cpu().numpy(),
+            result.scores.float().cpu().numpy(),
+            data.query_video,
+        )
+        return ranking, result.ranks
+
+    def export_artifacts(
+        self, trainer: pl.Trainer, datamodule: Any, output_dir: str | Path
+    ) -> dict[str, Any]:
+        """Write the ranking file (every split's top-k videos and scores) into `output_dir`.
+
+        Called by `train(cfg)` with the best checkpoint's weights loaded. Only global rank 0
+        computes and writes (no collective calls, so other ranks simply return). Returns
+        `{"ranking_file": path}` plus each split's VR metrics from the same ranking
+        (`<split>/VR_R@k` for the splits not evaluated by validate/test, e.g. train).
+        """
+        if not self.ranking_cfg["enabled"] or not hasattr(datamodule, "all_splits"):
+            return {}
+        path = Path(output_dir) / str(self.ranking_cfg["file"])
+        out: dict[str, Any] = {"ranking_file": str(path)}
+        if not trainer.is_global_zero:
+            return out
+        device = trainer.strategy.root_device
+        was_training = self.training
+        self.eval()
+        self.to(device)
+        try:
+            rankings: dict[str, SplitRanking] = {}
+            available = datamodule.all_splits()
+            for split in self.ranking_cfg["splits"]:
+                if split not in available:
+                    continue
+                rankings[split], ranks = self.rank_split(datamodule, split, device)
+                if ranks is not None and split == "train":
+                    metrics = vr_metrics(ranks.cpu())
+                    out.update({f"{split}/{k}": v for k, v in metrics.items()})
+            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg["k"])})
+        finally:
+            self.train(was_training)
+        return out
+
+    # ---------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> Any:
+        """AdamW lr 1e-4, weight decay 0.01 (SPEC §4) from the partial optimizer config;
+        no decay on biases, norms and embeddings. Optional linear warm-up/decay schedule."""
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        optimizer = self.optimizer_factory(parameter_groups(self, weight_decay))
+        if not self.warmup_fraction:
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
+        scheduler = warmup_linear_schedule(optimizer, max(1, total_steps), self.warmup_fraction)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+__all__ = [
+    "PremRetrieverLitModule",
+    "first_occurrence",
+    "gather_video_encodings",
+    "vr_metrics",
+]

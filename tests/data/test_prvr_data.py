@@ -1,0 +1,128 @@
+"""The PRVR data layer on the synthetic corpus and on broken MS-SL directories."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from partial_relevance.data.errors import DataError
+from partial_relevance.data.prvr import PrvrCorpus, PrvrDataModule
+from partial_relevance.data.stores.bigfile import BigFileStore, write_bigfile
+from partial_relevance.data.synthetic import COLLECTION, PRVR_FEATURE
+
+
+def test_synthetic_corpus_reads_back_through_real_readers(tiny_corpus):
+    corpus = PrvrCorpus(tiny_corpus.prvr_root, COLLECTION, PRVR_FEATURE, 32, 16)
+    train = corpus.load_split("train")
+    assert len(train.video_ids) == 24 and len(train.queries) == 72
+    assert all(q.video_id == q.query_id.split("#")[0] for q in train.queries)
+    moments, frames = corpus.video_inputs(train.video_ids[0])
+    assert moments.shape == (32, 32) and frames.shape[1] == 32
+    np.testing.assert_allclose(np.linalg.norm(moments, axis=1), 1.0, atol=1e-4)
+
+
+def test_batches_are_video_centric(tiny_corpus):
+    dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), video_dim=32, query_dim=16, batch_size=5)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["moments"].shape == (5, 32, 32)
+    assert batch["query_video"].tolist() == sorted(batch["query_video"].tolist())
+    counts = torch.bincount(batch["query_video"], minlength=5)
+    assert counts.tolist() == [3] * 5  # every video brings all of its queries
+    assert batch["frame_mask"].sum(1).min() > 0
+    videos, queries = dm.val_dataloader()
+    assert len(videos.dataset) == 12 and len(queries.dataset) == 36
+
+
+def test_train_holdout_selection(tiny_corpus):
+    dm = PrvrDataModule(
+        root=str(tiny_corpus.prvr_root), select_on="train_holdout", holdout_fraction=0.25
+    )
+    dm.setup()
+    assert dm.num_videos("val") == 6 and dm.num_videos("train") == 18
+    held = set(dm.splits["val"].video_ids)
+    assert held.isdisjoint(dm.splits["train"].video_ids)
+
+
+def _copy_collection(tiny_corpus, tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(tiny_corpus.prvr_root, root)
+    return root
+
+
+def test_missing_dataset_root(tmp_path):
+    with pytest.raises(DataError, match="PRVR dataset root not found") as info:
+        PrvrCorpus(tmp_path / "nope", COLLECTION, PRVR_FEATURE)
+    assert "nope" in str(info.value)
+
+
+def test_missing_feature_bin(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    (root / COLLECTION / "FeatureData" / PRVR_FEATURE / "feature.bin").unlink()
+    with pytest.raises(DataError, match=r"feature\.bin.*not found"):
+        PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
+
+
+def test_truncated_feature_bin(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    path = root / COLLECTION / "FeatureData" / PRVR_FEATURE / "feature.bin"
+    path.write_bytes(path.read_bytes()[:-12])
+    with pytest.raises(DataError, match="truncated") as info:
+        PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
+    assert "feature.bin" in str(info.value)
+
+
+def test_cap_id_absent_from_query_hdf5(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    text = root / COLLECTION / "TextData"
+    with h5py.File(text / f"roberta_{COLLECTION}_query_feat.hdf5", "a") as handle:
+        del handle["train_video_00003#enc#1"]
+    corpus = PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
+    with pytest.raises(DataError) as info:
+        corpus.load_split("train")
+    message = str(info.value)
+    assert "train_video_00003#enc#1" in message and "query_feat.hdf5" in message
+    assert "synthetictrain.caption.txt" in message
+
+
+def test_feature_dim_disagrees_with_shape_txt(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    with pytest.raises(DataError, match="dim is 32 but the config expects 64") as info:
+        PrvrCorpus(root, COLLECTION, PRVR_FEATURE, video_dim=64)
+    assert PRVR_FEATURE in str(info.value)
+
+
+def test_shape_txt_disagrees_with_feature_bin(tmp_path):
+    write_bigfile(tmp_path / "feat", {"v1": np.ones((4, 8), dtype=np.float32)})
+    (tmp_path / "feat" / "shape.txt").write_text("4 16")
+    with pytest.raises(DataError, match="shape.txt says 4 x 16"):
+        BigFileStore(tmp_path / "feat")
+
+
+def test_malformed_caption_line(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    path = root / COLLECTION / "TextData" / f"{COLLECTION}val.caption.txt"
+    lines = path.read_text().splitlines()
+    lines.insert(2, "this-line-has-no-cap-id")
+    path.write_text("\n".join(lines) + "\n")
+    corpus = PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
+    with pytest.raises(DataError, match="line 3") as info:
+        corpus.load_split("val")
+    assert "syntheticval.caption.txt" in str(info.value)
+
+
+def test_caption_video_without_features(tiny_corpus, tmp_path):
+    root = _copy_collection(tiny_corpus, tmp_path)
+    path = root / COLLECTION / "TextData" / f"{COLLECTION}val.caption.txt"
+    text = root / COLLECTION / "TextData"
+    with h5py.File(text / f"roberta_{COLLECTION}_query_feat.hdf5", "a") as handle:
+        handle["ghost#enc#0"] = np.ones((5, 16), dtype=np.float32)
+    path.write_text(path.read_text() + "ghost#enc#0 a video nobody extracted\n")
+    corpus = PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
+    with pytest.raises(DataError, match="'ghost'.*has no features"):
+        corpus.load_split("val")
