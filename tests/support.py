@@ -31,3 +31,14 @@ def compose_train_config(overrides: list[str], output_dir: Path, cache_dir: Path
         cfg.paths.cache_dir = str(cache_dir)
         cfg.paths.log_dir = str(output_dir.parent)
     return cfg
+
+
+def compose_eval_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
+    """Compose `conf/eval.yaml` in-process, writing into `output_dir`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.cache_dir = str(cache_dir)
+        cfg.paths.log_dir = str(output_dir.parent)
+    return cfg
