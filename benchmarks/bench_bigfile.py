@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Stopwatch, machine_facts, peak_rss_mb, record_result  # noqa: E402
+from common import Stopwatch, machine_facts, peak_rss_mb, record_result
 
-from partial_relevance.data.preprocess import prvr_video_inputs  # noqa: E402
-from partial_relevance.data.stores.bigfile import (  # noqa: E402
+from partial_relevance.data.preprocess import prvr_video_inputs
+from partial_relevance.data.stores.bigfile import (
     BigFileStore,
     read_shape,
     write_bigfile,
@@ -154,12 +154,13 @@ def main() -> None:
             "speed-up": 1.0,
         },
     ]
+    stages = {k: round(v, 2) for k, v in watch.seconds.items()}
     notes = [
         f"source: {source}; {frames_mean:.1f} frames/video on average, dim {store.dim}",
         "page cache warm for both readers (one untimed pass first); memmap: best of "
         f"{args.reps} passes; per-frame reader capped at {args.max_seconds} s",
         f"readers return identical arrays: {same}",
-        f"peak RSS {peak_rss_mb()} MiB; stage seconds {({k: round(v, 2) for k, v in watch.seconds.items()})}",
+        f"peak RSS {peak_rss_mb()} MiB; stage seconds {stages}",
     ]
     params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     for line in notes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import subprocess
 import sys
 import tempfile
@@ -27,21 +28,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from common import (  # noqa: E402
+import torch
+from common import (
     last_json_line,
     load_average,
     machine_facts,
     peak_rss_mb,
     record_result,
 )
-from msl_layout import LayoutSpec, write_layout  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from msl_layout import LayoutSpec, write_layout
+from torch.utils.flop_counter import FlopCounterMode
 
-from partial_relevance.data.prvr import PrvrDataModule  # noqa: E402
-from partial_relevance.lit.optim import BertAdamW, parameter_groups  # noqa: E402
-from partial_relevance.lit.prvr import PrvrLitModule  # noqa: E402
-from partial_relevance.models.prvr import PrvrBaseModel  # noqa: E402
+from partial_relevance.data.prvr import PrvrDataModule
+from partial_relevance.lit.optim import BertAdamW, parameter_groups
+from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
 
@@ -132,6 +133,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "config": args.config,
         "queries/s": round(queries / total, 1),
         "step s (compute)": round(compute / args.steps, 3),
+        "step s (min)": round(min(step_seconds), 3),
         "data s/step": round(data_seconds / args.steps, 3),
         "data %": round(100 * data_seconds / total, 1),
         "GFLOP/step": round(flops_per_step / 1e9, 1),
@@ -160,16 +162,18 @@ def main() -> None:
     parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
     parser.add_argument("--collection", default="charades", help="collection under --root")
     parser.add_argument("--feature", default="i3d_rgb_lgi", help="FeatureData/<feature> name")
-    parser.add_argument("--videos", type=int, default=192, help="generated train videos")
+    parser.add_argument("--videos", type=int, default=128, help="generated train videos")
     parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
     parser.add_argument("--video-dim", type=int, default=1024, help="generated video feature dim")
     parser.add_argument("--queries-per-video", type=int, default=5, help="generated queries")
     parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
     parser.add_argument("--max-tokens", type=int, default=20, help="generated tokens, max")
     parser.add_argument("--query-dim", type=int, default=1024, help="generated token dim")
-    parser.add_argument("--batch-videos", type=int, default=64, help="videos per batch")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--batch-videos", type=int, default=32, help="videos per batch")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps before the FLOP-counting step"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
@@ -184,7 +188,7 @@ def main() -> None:
 
     if args.child:
         row = run_child(args)
-        print(__import__("json").dumps(row))
+        print(json.dumps(row))
         return
 
     machine = machine_facts()
@@ -242,7 +246,8 @@ def main() -> None:
         "queries/s counts the whole loop (data loading + forward + backward + optimiser step); "
         "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of matmul "
         "compares it with the 1024² matmul rate of the same precision",
-        "FLOPs counted by FlopCounterMode on one batch (forward + backward), scaled per query",
+        "FLOPs counted by FlopCounterMode on one untimed batch (forward + backward) after the "
+        "warm-up steps, scaled per query",
         "each configuration runs in its own process: peak RSS is that process's ru_maxrss",
         "peers (their hosts, not this one): MS-SL 74–94 q/s (AMX Xeon host B), 22–64 (EPYC "
         "host A); GMMFormer 63–93 (51–59); peak RSS MS-SL 3.5–3.7 GB, GMMFormer 6.0 GB",

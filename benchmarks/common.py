@@ -131,9 +131,10 @@ class Stopwatch:
 
 
 def _cell(value: Any) -> str:
-    """A Markdown table cell: floats to 4 significant digits, dicts/lists compact."""
+    """A Markdown table cell: floats to 4 significant digits (integral from 1000), dicts/lists
+    compact."""
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":")).replace("|", "\\|")
     return str(value).replace("|", "\\|")
@@ -194,12 +195,20 @@ def record_result(
     save: bool = True,
 ) -> dict[str, Any]:
     """Append one result to results.json, regenerate RESULTS.md, print it as one JSON line."""
+    notes = list(notes or [])
+    load, cpus = machine.get("load_avg") or [0.0], machine.get("cpu_count") or 1
+    if load[0] > 0.75 * cpus:
+        notes.insert(
+            0,
+            f"host shared while measuring: 1-min load {load[0]} on {cpus} CPUs (other jobs); "
+            "absolute times are inflated, compare only rows of this run",
+        )
     result = {
         "benchmark": benchmark,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,
         "params": params,
-        "notes": notes or [],
+        "notes": notes,
         "rows": rows,
     }
     if save:

@@ -62,10 +62,7 @@ class Hdf5Store(FeatureStore):
         return key in self._root()
 
     def _get(self, key: str) -> np.ndarray:
-        root = self._root()
-        if key not in root:
-            raise KeyError(key)
-        return root[key][()]
+        return self._root()[key][()]  # h5py raises KeyError for an absent key
 
     def get_mask(self, key: str) -> np.ndarray | None:
         """The `key-mask` dataset (1 where a subtitle overlaps the clip), or None if absent."""
