@@ -42,6 +42,19 @@ format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
+T ?= prvr_ablation
+DATA ?= synthetic
+SEEDS ?= 3
+TABLES := $(basename $(notdir $(wildcard experiments/*.yaml)))
+
+table: $(STAMP) ## Rebuild one paper table: T=prvr_ablation DATA=synthetic|real SEEDS=3 ARGS="--override trainer=gpu"
+	$(PY) -m partial_relevance.tables --table $(T) --data $(DATA) --seeds $(SEEDS) $(ARGS)
+
+tables: $(STAMP) ## Rebuild every table of experiments/ (DATA=, SEEDS=, ARGS= as for `table`)
+	@set -e; for t in $(TABLES); do \
+		$(PY) -m partial_relevance.tables --table $$t --data $(DATA) --seeds $(SEEDS) $(ARGS); \
+	done
+
 bench: $(STAMP) ## Run every benchmark; writes benchmarks/RESULTS.md and results.json
 	$(PY) benchmarks/run_all.py
 
@@ -52,4 +65,4 @@ clean: ## Remove caches and build leftovers (keeps .venv, outputs/ and the corpu
 distclean: clean ## Also remove .venv and the generated synthetic corpora (never outputs/)
 	rm -rf $(VENV) .cache
 
-.PHONY: help setup train test test-all lint format bench clean distclean
+.PHONY: help setup train test test-all lint format bench clean distclean table tables

@@ -31,6 +31,29 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
+def _set_wandb_group(cfg: DictConfig) -> None:
+    """`logger.wandb.group: null` -> one group per sweep: the sweep directory under
+    `paths.log_dir` ("prvr_synthetic-multiruns-<time>", "tables-prvr_ablation-synthetic-runs"),
+    or `task_name` for a single run or outside a Hydra app (tests compose configs directly);
+    in a sweep each job's run is named after its job directory."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg or wandb_cfg.get("group") is not None:
+        return
+    group = str(cfg.task_name)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = Path(HydraConfig.get().sweep.dir).resolve()
+        log_dir = Path(cfg.paths.log_dir).resolve()
+        parts = sweep_dir.relative_to(log_dir).parts if sweep_dir.is_relative_to(log_dir) else ()
+        group = "-".join(parts) if parts else f"{group}-{sweep_dir.name}"
+        job_dir = Path(cfg.paths.output_dir).resolve()
+        if wandb_cfg.get("name") == cfg.task_name and job_dir.is_relative_to(sweep_dir):
+            wandb_cfg.name = "-".join((cfg.task_name, *job_dir.relative_to(sweep_dir).parts))
+    wandb_cfg.group = group
+
+
 def _finish_wandb(loggers: list[Any]) -> None:
     """Close wandb so that every multirun job gets its own run."""
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
@@ -81,6 +104,7 @@ def train(cfg: DictConfig) -> float:
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     model: pl.LightningModule = hydra.utils.instantiate(cfg.model)
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    _set_wandb_group(cfg)
     loggers = _instantiate_group(cfg.get("logger"))
     if not loggers:  # nothing to monitor the learning rate into
         callbacks = [c for c in callbacks if type(c).__name__ != "LearningRateMonitor"]

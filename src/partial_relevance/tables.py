@@ -1,0 +1,538 @@
+"""Rebuild a paper table: `python -m partial_relevance.tables --table prvr_ablation`.
+
+A table is a file `experiments/<table>.yaml` (SPEC §8): its rows (each one experiment config:
+overrides per data mode) and the numbers the paper reports. Building it
+
+1. plans one job per (row, seed): the row's overrides (the table's `common` ones for the data
+   mode, then the row's own, then `--override`s) are hashed, and the job's directory is
+   `<root>/<table>/<data>/runs/<row>-<hash>/seed<k>`, so a job whose `metrics.json` is already
+   there (same config, same seed) is not run again, and a killed job resumes from its
+   `last.ckpt` (train(cfg) does that);
+2. writes each row as a config file `<root>/<table>/<data>/conf/table_row/<row>-<hash>.yaml`
+   (`# @package _global_`: its group choices become `override /group: choice` in its defaults
+   list, its values a config) and runs every pending job as ONE Hydra multirun over the rows
+   and the seeds: `python -m partial_relevance.train -m hydra.searchpath=[file://...]
+   +table_row=<row1>,<row2>,... seed=0,1,2 hydra.sweep.dir=<runs> <--overrides>`. Rows whose
+   pending seeds differ (a rerun after some jobs finished) go into one multirun per distinct
+   set of pending seeds; `launcher=local|slurm` (`--launcher`) runs them through submitit;
+3. reads every job's `metrics.json` (never wandb) and writes `<root>/<table>.md` and `.csv`
+   (and a copy per data mode in `<root>/<table>/<data>/`): ours, mean ± std over the seeds,
+   beside the paper's numbers, with the checkpoint-selection protocol the runs used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+EXPERIMENTS_DIR = REPO_DIR / "experiments"
+CONF_DIR = REPO_DIR / "conf"
+DATA_MODES = ("synthetic", "real")
+ROW_GROUP = "table_row"  # the config group the row files form
+
+
+class TableSpecError(ValueError):
+    """A table file that does not say what a table needs (names the file and the field)."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str  # header, and the key of the paper's numbers (e.g. "R@1")
+    keys: tuple[str, ...]  # metrics.json keys to read, first present wins (e.g. "test/R@1")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...]  # for every data mode
+    data: dict[str, tuple[str, ...]]  # data mode -> overrides
+    paper: dict[str, float | None]  # column name -> the paper's number (None: "-")
+    keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> own metric keys
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    common: dict[str, tuple[str, ...]]  # data mode -> overrides every row gets
+    dataset: dict[str, str] = field(default_factory=dict)  # data mode -> what the rows run on
+    notes: tuple[str, ...] = ()
+    path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    row: Row
+    seed: int
+    overrides: tuple[str, ...]  # common + row (not the seed, not --override)
+    key: str  # "<row slug>-<hash>": the row config's name and the job's parent directory
+    run_dir: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "metrics.json").exists()
+
+
+@dataclass
+class RowSummary:
+    row: Row
+    n: int  # seeds with results
+    mean: dict[str, float]
+    std: dict[str, float]  # NaN with fewer than 2 seeds
+    seeds: list[int]
+
+
+# --------------------------------------------------------------------------- table files
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TableSpecError(f"{where}: expected a list of override strings, got {value!r}")
+    return tuple(value)
+
+
+def _per_mode(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+    value = value or {}
+    if not isinstance(value, dict) or set(value) - set(DATA_MODES):
+        raise TableSpecError(f"{where}: expected a mapping with keys {DATA_MODES}, got {value!r}")
+    return {mode: _strings(value.get(mode), f"{where}.{mode}") for mode in DATA_MODES}
+
+
+def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) -> TableSpec:
+    """Read `experiments/<table>.yaml` (or a path) into a TableSpec, checking its fields."""
+    path = Path(table)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(experiments_dir) / f"{table}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in Path(experiments_dir).glob("*.yaml"))
+        raise FileNotFoundError(f"no table file {path}; tables: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    where = str(path)
+    columns = []
+    for i, col in enumerate(raw.get("columns") or []):
+        if not isinstance(col, dict) or "name" not in col or "key" not in col:
+            raise TableSpecError(f"{where}: columns[{i}] needs `name` and `key`")
+        keys = col["key"] if isinstance(col["key"], list) else [col["key"]]
+        columns.append(Column(str(col["name"]), tuple(str(k) for k in keys)))
+    if not columns:
+        raise TableSpecError(f"{where}: no `columns`")
+    names = {c.name for c in columns}
+    rows = []
+    for i, row in enumerate(raw.get("rows") or []):
+        if not isinstance(row, dict) or "name" not in row:
+            raise TableSpecError(f"{where}: rows[{i}] needs a `name`")
+        paper = dict(row.get("paper") or {})
+        unknown = set(paper) - names
+        if unknown:
+            raise TableSpecError(
+                f"{where}: row {row['name']!r}: paper numbers for unknown columns "
+                f"{sorted(unknown)}; columns: {sorted(names)}"
+            )
+        keys = {}
+        for col, key in (row.get("keys") or {}).items():
+            if col not in names:
+                raise TableSpecError(
+                    f"{where}: row {row['name']!r}: keys for unknown column {col!r}"
+                )
+            keys[col] = tuple(str(k) for k in (key if isinstance(key, list) else [key]))
+        rows.append(
+            Row(
+                name=str(row["name"]),
+                keys=keys,
+                overrides=_strings(row.get("overrides"), f"{where}: rows[{i}].overrides"),
+                data=_per_mode(row.get("data"), f"{where}: rows[{i}].data"),
+                paper={k: (None if v is None else float(v)) for k, v in paper.items()},
+            )
+        )
+    if not rows:
+        raise TableSpecError(f"{where}: no `rows`")
+    slugs = [slugify(r.name) for r in rows]
+    if len(set(slugs)) != len(slugs):
+        raise TableSpecError(f"{where}: row names must differ (after slugify): {slugs}")
+    return TableSpec(
+        name=path.stem,
+        title=str(raw.get("title", path.stem)),
+        columns=tuple(columns),
+        rows=tuple(rows),
+        common=_per_mode(raw.get("common"), f"{where}: common"),
+        dataset={str(k): str(v) for k, v in (raw.get("dataset") or {}).items()},
+        notes=tuple(str(n) for n in raw.get("notes") or ()),
+        path=path,
+    )
+
+
+# --------------------------------------------------------------------------------- jobs
+def slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
+
+
+def overrides_hash(overrides: Sequence[str]) -> str:
+    """A short stable hash of an override list (order kept: Hydra applies them in order)."""
+    return hashlib.sha256(json.dumps(list(overrides)).encode()).hexdigest()[:10]
+
+
+def row_overrides(spec: TableSpec, row: Row, data: str) -> tuple[str, ...]:
+    if data not in DATA_MODES:
+        raise ValueError(f"data must be one of {DATA_MODES}, got {data!r}")
+    return spec.common[data] + row.overrides + row.data[data]
+
+
+def plan_jobs(
+    spec: TableSpec,
+    data: str,
+    seeds: Iterable[int],
+    extra: Sequence[str] = (),
+    root: Path = Path("outputs/tables"),
+) -> list[Job]:
+    """One job per (row, seed); its directory is named after the hash of the row's overrides
+    together with the extra ones (`--override`), so the same config finds the same dir. Rows
+    with the same config (e.g. several metrics of one run) share one job per seed."""
+    runs = Path(root) / spec.name / data / "runs"
+    jobs = []
+    keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
+    for row in spec.rows:
+        overrides = row_overrides(spec, row, data)
+        digest = overrides_hash([*overrides, *extra])
+        key = keys.setdefault(digest, f"{slugify(row.name)}-{digest}")
+        for seed in seeds:
+            jobs.append(Job(row, int(seed), overrides, key, runs / key / f"seed{seed}"))
+    return jobs
+
+
+def _is_group(key: str, conf_dir: Path) -> bool:
+    return key.startswith("hydra/") or (conf_dir / key).is_dir()
+
+
+def row_config(overrides: Sequence[str], key: str, row: Row, conf_dir: Path = CONF_DIR) -> str:
+    """The `# @package _global_` config file that applies a row's overrides inside a sweep:
+    group choices become `override /group: choice`, values a nested config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    defaults: list[str] = []
+    values = OmegaConf.create({})
+    for text in overrides:
+        ov = parser.parse_override(text)
+        if ov.is_sweep_override() or ov.is_delete():
+            raise TableSpecError(f"row {row.name!r}: {text!r}: a row is one config (no sweep, ~)")
+        name = ov.key_or_group
+        value = ov.value()
+        if _is_group(name, conf_dir):
+            defaults.append(f"override /{name}: {value}")
+        else:
+            OmegaConf.update(values, name, value, merge=True, force_add=True)
+    body = OmegaConf.to_container(values)
+    assert isinstance(body, dict)
+    body[ROW_GROUP] = {"name": row.name, "key": key}
+    body["hydra"] = {"sweep": {"subdir": f"{key}/seed${{seed}}"}}
+    lines = ["# @package _global_", f"# Generated by partial_relevance.tables: row {row.name!r}."]
+    if defaults:
+        lines.append("defaults:")
+        lines += [f"  - {d}" for d in defaults]
+    text = yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+    return "\n".join(lines) + "\n" + text
+
+
+def write_row_configs(jobs: Sequence[Job], conf_dir: Path) -> Path:
+    """Write one row config per distinct job key under `conf_dir/table_row/`."""
+    group = Path(conf_dir) / ROW_GROUP
+    group.mkdir(parents=True, exist_ok=True)
+    for job in {j.key: j for j in jobs}.values():
+        (group / f"{job.key}.yaml").write_text(row_config(job.overrides, job.key, job.row))
+    return Path(conf_dir)
+
+
+def sweep_commands(
+    jobs: Sequence[Job],
+    conf_dir: Path,
+    runs_dir: Path,
+    extra: Sequence[str] = (),
+    python: str = sys.executable,
+) -> list[list[str]]:
+    """The multiruns that compute the pending jobs: one per distinct set of pending seeds
+    (normally one for the whole table)."""
+    pending: dict[str, set[int]] = {}
+    for job in jobs:
+        if not job.done:
+            pending.setdefault(job.key, set()).add(job.seed)
+    by_seeds: dict[tuple[int, ...], list[str]] = {}
+    for key, seeds in pending.items():
+        by_seeds.setdefault(tuple(sorted(seeds)), []).append(key)
+    commands = []
+    for seeds, keys in by_seeds.items():
+        commands.append(
+            [
+                python,
+                "-m",
+                "partial_relevance.train",
+                "-m",
+                f"hydra.searchpath=[file://{Path(conf_dir).resolve()}]",
+                f"+{ROW_GROUP}={','.join(keys)}",
+                f"seed={','.join(str(s) for s in seeds)}",
+                f"hydra.sweep.dir={Path(runs_dir).resolve()}",
+                *extra,
+            ]
+        )
+    return commands
+
+
+# ------------------------------------------------------------------------------ results
+def collect_results(run_dirs: Iterable[Path]) -> dict[Path, dict[str, Any]]:
+    """`{run_dir: metrics}` for every run directory that holds a metrics.json."""
+    results = {}
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        if path.exists():
+            results[Path(run_dir)] = json.loads(path.read_text())
+    return results
+
+
+def _value(metrics: dict[str, Any], column: Column, row: Row) -> float | None:
+    for key in row.keys.get(column.name, column.keys):
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            return float(value)
+    return None
+
+
+def summarize(
+    spec: TableSpec, jobs: Sequence[Job], results: dict[Path, dict[str, Any]]
+) -> list[RowSummary]:
+    """Mean and sample std (n - 1) over the seeds of each row, per column."""
+    out = []
+    for row in spec.rows:
+        row_jobs = [j for j in jobs if j.row.name == row.name and j.run_dir in results]
+        mean, std = {}, {}
+        for column in spec.columns:
+            values = [
+                v for j in row_jobs if (v := _value(results[j.run_dir], column, row)) is not None
+            ]
+            if values:
+                mean[column.name] = statistics.fmean(values)
+                std[column.name] = statistics.stdev(values) if len(values) > 1 else math.nan
+        out.append(RowSummary(row, len(row_jobs), mean, std, sorted(j.seed for j in row_jobs)))
+    return out
+
+
+def selection_protocol(run_dirs: Iterable[Path]) -> str:
+    """How the runs chose their checkpoint, from their saved `.hydra/config.yaml`."""
+    seen = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / ".hydra" / "config.yaml"
+        if not path.exists():
+            continue
+        cfg = yaml.safe_load(path.read_text()) or {}
+        monitor = cfg.get("monitor", "?")
+        select_on = (cfg.get("data") or {}).get("select_on")
+        if select_on == "train_holdout":
+            frac = (cfg.get("data") or {}).get("holdout_fraction", 0.05)
+            text = (
+                f"best `{monitor}` on {100 * float(frac):g} % of the training videos held out "
+                "(`data.select_on=train_holdout`: an honest number, SPEC §3)"
+            )
+        elif select_on == "val":
+            text = (
+                f"best `{monitor}` on the val split (`data.select_on=val`, the peers' protocol: "
+                "in the MS-SL releases the val caption file holds the test queries, SPEC §3)"
+            )
+        else:
+            text = f"best `{monitor}` on the val split"
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen) if seen else "unknown (no run config found)"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def render_markdown(
+    spec: TableSpec,
+    summary: Sequence[RowSummary],
+    data: str,
+    protocol: str,
+    seeds: Sequence[int] = (),
+) -> str:
+    """A Markdown table: per column, ours (mean ± std over seeds) then the paper's number."""
+    header = ["row"]
+    for column in spec.columns:
+        header += [f"{column.name} ours", f"{column.name} paper"]
+    header.append("seeds")
+    lines = [
+        f"# {spec.title}",
+        "",
+        f"- data: **{data}**" + (f" ({spec.dataset[data]})" if data in spec.dataset else ""),
+        f"- ours: mean ± std (sample, n - 1) over seeds {list(seeds) or '-'}; "
+        "paper: the numbers the paper reports (SPEC §8)",
+        f"- checkpoint selection: {protocol}",
+        "- metrics from each run's metrics.json; columns: "
+        + ", ".join(f"{c.name} = `{' | '.join(c.keys)}`" for c in spec.columns),
+    ]
+    if data == "synthetic":
+        lines.append(
+            "- the synthetic corpus is not the paper's dataset: compare the ordering of the rows, "
+            "not the values"
+        )
+    lines += [f"- {note}" for note in spec.notes]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for s in summary:
+        cells = [s.row.name]
+        for column in spec.columns:
+            mean = s.mean.get(column.name)
+            std = s.std.get(column.name, math.nan)
+            ours = _fmt(mean) if mean is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+            cells += [ours, _fmt(s.row.paper.get(column.name))]
+        cells.append(str(s.n))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(spec: TableSpec, summary: Sequence[RowSummary], data: str) -> str:
+    """One line per row: `<col>_mean`, `<col>_std`, `<col>_paper` for every column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["table", "data", "row", "n"]
+    for column in spec.columns:
+        header += [f"{column.name}_mean", f"{column.name}_std", f"{column.name}_paper"]
+    writer.writerow(header)
+
+    def num(value: float | None) -> str:
+        return "" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    for s in summary:
+        line = [spec.name, data, s.row.name, str(s.n)]
+        for column in spec.columns:
+            line += [
+                num(s.mean.get(column.name)),
+                num(s.std.get(column.name)),
+                num(s.row.paper.get(column.name)),
+            ]
+        writer.writerow(line)
+    return buffer.getvalue()
+
+
+def build_table(
+    spec: TableSpec, jobs: Sequence[Job], data: str, seeds: Sequence[int], root: Path
+) -> tuple[str, str, list[Path]]:
+    """Collect the jobs' metrics and write the Markdown + CSV files; returns them and paths."""
+    results = collect_results(j.run_dir for j in jobs)
+    summary = summarize(spec, jobs, results)
+    protocol = selection_protocol(results)
+    markdown = render_markdown(spec, summary, data, protocol, seeds)
+    table_csv = render_csv(spec, summary, data)
+    written = []
+    for folder in (Path(root), Path(root) / spec.name / data):
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, text in ((".md", markdown), (".csv", table_csv)):
+            path = folder / f"{spec.name}{suffix}"
+            path.write_text(text)
+            written.append(path)
+    return markdown, table_csv, written
+
+
+def log_to_wandb(spec: TableSpec, table_csv: str, data: str, root: Path) -> None:
+    """Log the finished table as a wandb Table (offline unless WANDB_MODE says otherwise)."""
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    rows = list(csv.reader(io.StringIO(table_csv)))
+    run = wandb.init(
+        project="partial-relevance",
+        job_type="table",
+        name=f"{spec.name}-{data}",
+        group=f"tables-{spec.name}-{data}",
+        dir=str(Path(root) / spec.name / data),
+    )
+    run.log({f"tables/{spec.name}": wandb.Table(columns=rows[0], data=rows[1:])})
+    run.finish()
+
+
+# ---------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m partial_relevance.tables",
+        description="Run a paper table's rows as one Hydra multirun and write ours beside the "
+        "paper's numbers (Markdown + CSV).",
+    )
+    parser.add_argument("--table", required=True, help="experiments/<table>.yaml, or a path")
+    parser.add_argument("--data", choices=DATA_MODES, default="synthetic")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for every row (repeatable): trainer=gpu, trainer.max_epochs=2",
+    )
+    parser.add_argument("--launcher", choices=("local", "slurm"), help="run jobs via submitit")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("PARTIAL_RELEVANCE_ROOT", ".")) / "outputs" / "tables",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="only build the table from finished runs"
+    )
+    parser.add_argument("--wandb", action="store_true", help="also log the table to wandb")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    spec = load_table_spec(args.table)
+    seeds = list(range(args.seeds))
+    extra = list(args.override)
+    jobs = plan_jobs(spec, args.data, seeds, extra, args.root)
+    base = Path(args.root) / spec.name / args.data
+    launcher = [f"launcher={args.launcher}"] if args.launcher else []
+    pending = [j for j in jobs if not j.done]
+    print(
+        f"table {spec.name} ({args.data}): {len(spec.rows)} rows x {len(seeds)} seeds, "
+        f"{len(jobs) - len(pending)} done, {len(pending)} to run"
+    )
+    for job in jobs:
+        state = "done" if job.done else "todo"
+        print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
+    status = 0
+    if pending and not args.collect_only:
+        conf_dir = write_row_configs(jobs, base / "conf")
+        for command in sweep_commands(jobs, conf_dir, base / "runs", [*extra, *launcher]):
+            print("$ " + " ".join(command), flush=True)
+            if not args.dry_run:
+                status = subprocess.call(command) or status
+    if args.dry_run:
+        return 0
+    markdown, table_csv, written = build_table(spec, jobs, args.data, seeds, args.root)
+    print(markdown)
+    print("written: " + ", ".join(str(p) for p in written))
+    if args.wandb:
+        log_to_wandb(spec, table_csv, args.data, args.root)
+    missing = [j for j in jobs if not j.done]
+    if missing and not args.collect_only:
+        print(f"{len(missing)} job(s) have no metrics.json", file=sys.stderr)
+        status = status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
