@@ -31,12 +31,16 @@ train: $(STAMP) ## Train + evaluate (default: PRVR base model on the synthetic c
 test: $(STAMP) ## Run the fast test suite
 	$(PY) -m pytest -q
 
+test-slow: $(STAMP) ## Run only the slow tests (subprocess runs, DDP, multiruns, launchers)
+	$(PY) -m pytest -q -m slow
+
 test-all: $(STAMP) ## Run every test, the slow ones too
 	$(PY) -m pytest -q -m "slow or not slow"
 
-lint: $(STAMP) ## ruff check + ruff format --check
+lint: $(STAMP) ## ruff check + ruff format --check + notebooks committed without outputs
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(PY) notebooks/check_stripped.py
 
 format: $(STAMP) ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix src tests benchmarks
@@ -65,4 +69,4 @@ clean: ## Remove caches and build leftovers (keeps .venv, outputs/ and the corpu
 distclean: clean ## Also remove .venv and the generated synthetic corpora (never outputs/)
 	rm -rf $(VENV) .cache
 
-.PHONY: help setup train test test-all lint format bench clean distclean table tables
+.PHONY: help setup train test test-slow test-all lint format bench clean distclean table tables
