@@ -17,7 +17,12 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_bigfile", "bench_prvr_train", "bench_prvr_eval")
+BENCHMARKS = (
+    "bench_bigfile",
+    "bench_prvr_train",
+    "bench_prvr_eval",
+    "bench_vcmr_inference",
+)
 
 
 def main() -> int:

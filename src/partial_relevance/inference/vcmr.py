@@ -1,0 +1,391 @@
+"""VCMR, SVMR and VR inference with the PREM localizer (PREM §3.5, SPEC §6).
+
+For one query (batched over queries):
+
+1. **VR**: the retriever's top-100 list (the ranking file, SPEC §6.1) is the VR prediction.
+2. **VCMR**: the localizer runs on the query's top `k_videos = 10` videos. Start / end logits
+   become log-probabilities normalised jointly over the k videos' clips (`norm: joint`, as in
+   shared-norm training; default) or within each video (`norm: per_video`, CONQUER's choice).
+3. Span score (Eq. 13, reconstructed): `s(q, V)/τ + log P_st(i) + log P_ed(j)` for spans with
+   `min_len <= j − i + 1 <= max_len` clips (TVR 1–24, DiDeMo 1–20); the best 200 spans, NMS at
+   IoU 0.7 within each video, the best 100 out (`inference.spans.decode_top_spans_batch`).
+4. **SVMR**: the localizer on the GT video alone, per-video normalisation, no retrieval term,
+   same length window, top 200 -> NMS -> top 100.
+
+Efficiency: the localizer's video encoders are query-independent, so every video of the split
+is encoded ONCE (`VideoCache.build`) and its encoding reused for every (query, video) pair;
+only the query encoder and the query-dependent part (`PremLocalizer.localize`) run per pair,
+`query_chunk` queries (× k videos) at a time. Clip spans are decoded into seconds with each
+video's pooling scale and clipped to its duration (SPEC §1.3).
+
+`UniformLocalizer` has the localizer's API and predicts uniform start / end logits: the random
+localizer baseline, run through the very same pipeline on the same retrieved videos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from partial_relevance.data.preprocess import CLIP_SECONDS
+from partial_relevance.data.vcmr import VcmrSplit
+from partial_relevance.inference.ranking import VIDEO_KEYS, pad_clips
+from partial_relevance.inference.spans import decode_top_spans_batch, span_scores
+from partial_relevance.metrics.vcmr import GroundTruth, evaluate_all, vcmr_selection_score
+from partial_relevance.models.prem_localizer import index_encoding, mask_logits
+
+__all__ = [
+    "NORMS",
+    "UniformLocalizer",
+    "VcmrInferenceConfig",
+    "VcmrPredictions",
+    "VideoCache",
+    "boundary_log_probs",
+    "flat_vcmr_metrics",
+    "predict_queries",
+    "run_vcmr",
+    "split_desc_ids",
+    "split_ground_truth",
+]
+
+NORMS = ("joint", "per_video")
+
+
+@dataclass(frozen=True)
+class VcmrInferenceConfig:
+    """SPEC §6 settings (config `model.inference`)."""
+
+    k_videos: int = 10  # SPEC §6.2
+    norm: str = "joint"  # SPEC §6.2 [decision: reconstructed Eq. 13]: joint | per_video
+    min_len: int = 1  # SPEC §6.3: span length window in clips (TVR 1-24, DiDeMo 1-20)
+    max_len: int = 24
+    tau: float = 0.01  # τ of the retrieval term, SPEC §4
+    top_n: int = 200  # SPEC §6.4: spans kept before NMS
+    nms_iou: float | None = 0.7  # SPEC §6.4
+    out_n: int = 100  # SPEC §6.4 / §7: predictions a query
+    clip_seconds: float = CLIP_SECONDS  # SPEC §1.3
+    query_chunk: int = 16  # queries localized at once (× k_videos pairs)
+    svmr: bool = True  # also decode SVMR (one more localize pass on the GT video)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"inference.norm must be one of {NORMS}, got {self.norm!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> VcmrInferenceConfig:
+        """From a config dict; unknown keys are an error naming the valid ones."""
+        values = dict(values or {})
+        valid = {f.name for f in fields(cls)}
+        unknown = set(values) - valid
+        if unknown:
+            raise ValueError(f"inference: unknown keys {sorted(unknown)}; valid: {sorted(valid)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------
+# The query-independent video encodings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoCache:
+    """Every video of a split encoded once by the localizer (query-independent part).
+
+    encoding: vis / sub `[V, L, D]`, clip_mask / sub_mask `[V, L]` (L = longest video);
+    num_clips `[V]` long; durations, scales `[V]` float64 (decoding to seconds).
+    """
+
+    encoding: dict[str, Tensor]
+    num_clips: Tensor
+    durations: Tensor
+    scales: Tensor
+
+    @property
+    def num_videos(self) -> int:
+        return int(self.num_clips.shape[0])
+
+    @classmethod
+    @torch.no_grad()
+    def build(
+        cls, net: nn.Module, batches: Iterable[Mapping[str, Tensor]], device: torch.device | str
+    ) -> VideoCache:
+        """Encode the batches of a `collate_localizer_videos` loader (index order) once."""
+        chunks, index, durations, scales = [], [], [], []
+        for batch in batches:
+            enc = net.encode_videos(
+                batch["visual"].to(device),
+                batch["subtitle"].to(device),
+                batch["clip_mask"].to(device),
+                batch["sub_mask"].to(device),
+            )
+            chunks.append({k: enc[k] for k in VIDEO_KEYS})
+            index.append(batch["video_index"])
+            durations.append(batch["duration"])
+            scales.append(batch["scale"])
+        flat = torch.cat(index)
+        if not torch.equal(flat, torch.arange(len(flat))):
+            raise RuntimeError("the video loader must yield every video once, in index order")
+        length = max(c["clip_mask"].shape[1] for c in chunks)
+        encoding = {k: torch.cat([pad_clips(c[k], length) for c in chunks]) for k in VIDEO_KEYS}
+        return cls(
+            encoding,
+            encoding["clip_mask"].sum(1).long(),
+            torch.cat(durations).to(device),
+            torch.cat(scales).to(device),
+        )
+
+    def pairs(self, index: Tensor) -> dict[str, Tensor]:
+        """Encodings of videos `index [P]` as `[P, L', ...]`, L' = the longest of them (padding
+        clips are masked everywhere, so trimming the rest changes nothing)."""
+        length = int(self.num_clips[index].max().clamp_min(1))
+        return {k: v[:, :length] for k, v in index_encoding(self.encoding, index).items()}
+
+
+class UniformLocalizer(nn.Module):
+    """The random-localizer baseline: the localizer API with uniform start / end logits.
+
+    Through the same pipeline, every span of the length window in a video gets the same
+    `log P_st + log P_ed`, so VCMR ranks by the retrieval term and then by position.
+    """
+
+    def encode_videos(
+        self, visual: Tensor, subtitle: Tensor, clip_mask: Tensor, sub_mask: Tensor
+    ) -> dict[str, Tensor]:
+        V, L = clip_mask.shape
+        zeros = clip_mask.new_zeros((V, L, 1), dtype=torch.float32)
+        return {"vis": zeros, "sub": zeros, "clip_mask": clip_mask.bool(), "sub_mask": sub_mask}
+
+    def encode_queries(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        return {"mask": mask}
+
+    def localize(self, video_enc: Mapping[str, Tensor], query_enc: Mapping) -> dict[str, Tensor]:
+        clip_mask = video_enc["clip_mask"].bool()  # [P, L]
+        logits = mask_logits(torch.zeros(clip_mask.shape, device=clip_mask.device), clip_mask)
+        return {"start": logits, "end": logits.clone(), "clip_mask": clip_mask}
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and decoding
+# --------------------------------------------------------------------------------------------
+
+
+def boundary_log_probs(
+    start: Tensor, end: Tensor, clip_mask: Tensor, norm: str = "joint"
+) -> tuple[Tensor, Tensor]:
+    """Start / end log-probabilities of `[B, k, L]` logits (SPEC §6.2).
+
+    `joint`: one softmax over the clips of all k videos of a query (Shared-Norm, summing to 1
+    over the k videos); `per_video`: a softmax within each video. Padding clips get a huge
+    negative log-probability (they are masked again by the span scores).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    B, k, L = start.shape
+    start, end = mask_logits(start, clip_mask), mask_logits(end, clip_mask)
+    if norm == "per_video":
+        return start.log_softmax(-1), end.log_softmax(-1)
+    log_st = start.reshape(B, k * L).log_softmax(-1).reshape(B, k, L)
+    log_ed = end.reshape(B, k * L).log_softmax(-1).reshape(B, k, L)
+    return log_st, log_ed
+
+
+def _localize_pairs(
+    net: nn.Module, cache: VideoCache, queries: Mapping, pair_query: Tensor, pair_video: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Start / end logits and clip mask `[P, L']` of P (query, video) pairs from the cache."""
+    out = net.localize(cache.pairs(pair_video), index_encoding(dict(queries), pair_query))
+    return out["start"], out["end"], out["clip_mask"]
+
+
+@torch.no_grad()
+def predict_queries(
+    net: nn.Module,
+    cache: VideoCache,
+    batch: Mapping[str, Tensor],
+    cfg: VcmrInferenceConfig,
+) -> dict[str, list[np.ndarray | None]]:
+    """VCMR / SVMR / VR predictions of a `collate_localizer_queries` batch (SPEC §6).
+
+    Returns dict of B-long lists: `vcmr` `[m, 4]` rows `(video_idx, st, ed, score)` (video
+    indices = positions in the split's video list), `svmr` the same on the GT video (None for
+    an unlabelled query or with `cfg.svmr` off), `vr` `[k_rank, 2]` `(video_idx, score)`.
+    """
+    device = cache.num_clips.device
+    tokens = batch["query_tokens"].to(device)
+    token_mask = batch["query_mask"].to(device)
+    k = min(cfg.k_videos, batch["topk_video"].shape[1])
+    topk = batch["topk_video"][:, :k].to(device)  # [B, k]
+    retrieval = batch["topk_score"][:, :k].to(device).float()  # [B, k]
+    gt_video = batch["video_index"].to(device)  # [B], −1 unlabelled
+    B = len(tokens)
+    vcmr: list[np.ndarray | None] = []
+    svmr: list[np.ndarray | None] = [None] * B
+    for lo in range(0, B, max(1, cfg.query_chunk)):
+        rows = slice(lo, min(B, lo + cfg.query_chunk))
+        b = rows.stop - rows.start
+        queries = net.encode_queries(tokens[rows], token_mask[rows])
+        pair_query = torch.arange(b, device=device).repeat_interleave(k)  # [b·k]
+        start, end, mask = _localize_pairs(net, cache, queries, pair_query, topk[rows].flatten())
+        L = start.shape[-1]
+        log_st, log_ed = boundary_log_probs(
+            start.view(b, k, L), end.view(b, k, L), mask.view(b, k, L), cfg.norm
+        )
+        scores = span_scores(
+            log_st, log_ed, mask.view(b, k, L), cfg.min_len, cfg.max_len, retrieval[rows], cfg.tau
+        )  # [b, k, L, L]
+        videos = topk[rows]
+        vcmr.extend(
+            decode_top_spans_batch(
+                scores,
+                videos,
+                cache.durations[videos],
+                cache.scales[videos],
+                cfg.top_n,
+                cfg.nms_iou,
+                cfg.out_n,
+                cfg.clip_seconds,
+            )
+        )
+        labelled = torch.nonzero(gt_video[rows] >= 0).flatten()  # [n] within the chunk
+        if cfg.svmr and len(labelled):
+            gt = gt_video[rows][labelled]  # [n]
+            start, end, mask = _localize_pairs(net, cache, queries, labelled, gt)
+            log_st, log_ed = boundary_log_probs(
+                start[:, None], end[:, None], mask[:, None], "per_video"
+            )
+            scores = span_scores(log_st, log_ed, mask[:, None], cfg.min_len, cfg.max_len)
+            decoded = decode_top_spans_batch(
+                scores,
+                gt[:, None],
+                cache.durations[gt][:, None],
+                cache.scales[gt][:, None],
+                cfg.top_n,
+                cfg.nms_iou,
+                cfg.out_n,
+                cfg.clip_seconds,
+            )
+            for j, q in enumerate(labelled.tolist()):
+                svmr[lo + q] = decoded[j]
+    vr_rows = torch.stack([batch["vr_video"].double(), batch["vr_score"].double()], dim=-1)
+    vr = list(vr_rows.cpu().numpy())  # B × [k_rank, 2]
+    return {"vcmr": vcmr, "svmr": svmr, "vr": vr}
+
+
+# --------------------------------------------------------------------------------------------
+# Whole splits
+# --------------------------------------------------------------------------------------------
+
+
+def split_desc_ids(split: VcmrSplit) -> list[int]:
+    """The integer desc_id of each query (the query id when numeric, else its position)."""
+    out = []
+    for i, q in enumerate(split.queries):
+        out.append(int(q.query_id) if q.query_id.lstrip("-").isdigit() else i)
+    return out
+
+
+def split_ground_truth(split: VcmrSplit) -> dict[int, GroundTruth]:
+    """desc_id -> GroundTruth of every labelled query (video = position in the split's list;
+    DiDeMo: every annotator window, SPEC §7)."""
+    out: dict[int, GroundTruth] = {}
+    for desc_id, query, video in zip(split_desc_ids(split), split.queries, split.query_video):
+        if video < 0 or query.span is None:
+            continue
+        windows = query.windows if query.windows else (query.span,)
+        out[desc_id] = GroundTruth(desc_id, int(video), np.asarray(windows), query.query_type)
+    return out
+
+
+@dataclass
+class VcmrPredictions:
+    """One split's predictions (desc_id -> rows) and what writing / scoring them needs."""
+
+    split: str
+    vcmr: dict[int, np.ndarray]
+    svmr: dict[int, np.ndarray] | None
+    vr: dict[int, np.ndarray]
+    ground_truth: dict[int, GroundTruth]
+    video2idx: dict[str, int]
+    queries: list[tuple[int, str]]  # (desc_id, desc), the submission's order
+
+    def evaluate(self, by_type: bool = True) -> dict[str, dict[str, float]]:
+        """`evaluate_all` on the labelled queries (SPEC §7); {} when the split has none."""
+        if not self.ground_truth:
+            return {}
+        return evaluate_all(self.vcmr, self.svmr, self.vr, self.ground_truth, by_type=by_type)
+
+
+def collect_predictions(
+    split: VcmrSplit, query_index: Iterable[int], preds: Mapping[str, list]
+) -> VcmrPredictions:
+    """Assemble `predict_queries` outputs (split positions `query_index`) into a
+    `VcmrPredictions` (duplicates, e.g. from a DistributedSampler's padding, collapse)."""
+    desc_ids = split_desc_ids(split)
+    vcmr, svmr, vr = {}, {}, {}
+    for n, qi in enumerate(query_index):
+        d = desc_ids[int(qi)]
+        vcmr[d] = preds["vcmr"][n]
+        vr[d] = preds["vr"][n]
+        if preds["svmr"][n] is not None:
+            svmr[d] = preds["svmr"][n]
+    return VcmrPredictions(
+        split.name,
+        vcmr,
+        svmr or None,
+        vr,
+        split_ground_truth(split),
+        {v: i for i, v in enumerate(split.video_ids)},
+        [(d, q.text) for d, q in zip(desc_ids, split.queries)],
+    )
+
+
+@torch.no_grad()
+def run_vcmr(
+    net: nn.Module,
+    datamodule: Any,
+    split: str,
+    cfg: VcmrInferenceConfig,
+    device: torch.device | str = "cpu",
+) -> VcmrPredictions:
+    """The whole SPEC §6 pipeline on one split of a `VcmrLocalizerDataModule` (set up).
+
+    Encodes the split's videos once, then localizes every query's top-k videos in batches.
+    `net` is put in eval mode for the call (and restored).
+    """
+    was_training = net.training
+    net.eval()
+    try:
+        cache = VideoCache.build(net, datamodule.video_loader(split), device)
+        index: list[int] = []
+        merged: dict[str, list] = {"vcmr": [], "svmr": [], "vr": []}
+        for batch in datamodule.query_loader(split):
+            out = predict_queries(net, cache, batch, cfg)
+            index.extend(batch["query_index"].tolist())
+            for key in merged:
+                merged[key].extend(out[key])
+    finally:
+        net.train(was_training)
+    return collect_predictions(datamodule.all_splits()[split], index, merged)
+
+
+def flat_vcmr_metrics(results: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    """`evaluate_all`'s nested results as flat metric keys (one naming everywhere):
+    `<prefix>/VCMR_R@1 IoU0.5`, `<prefix>/SVMR_R@10 IoU0.7`, `<prefix>/VR_R@5`, per query type
+    `<prefix>/VCMR_R@1 IoU0.5_v`, and `<prefix>/VCMR_selection` (R@1 IoU0.5 + R@1 IoU0.7,
+    SPEC §5 model selection)."""
+    out: dict[str, float] = {}
+    for group, values in results.items():
+        task, _, qtype = group.partition("_")
+        for metric, value in values.items():
+            out[f"{prefix}/{task}_{metric}" + (f"_{qtype}" if qtype else "")] = float(value)
+    if "VCMR" in results:
+        out[f"{prefix}/VCMR_selection"] = vcmr_selection_score(results)
+    return out

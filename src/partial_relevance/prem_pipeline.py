@@ -1,0 +1,274 @@
+"""PREM stage-wise pipeline in one command (PREM §3.3–§3.5, SPEC §4–§7).
+
+    python -m partial_relevance.prem_pipeline                       # synthetic corpus
+    python -m partial_relevance.prem_pipeline --out outputs/prem_pipeline/runs/mine \\
+        --common trainer.max_epochs=2 --localizer model.inference.norm=per_video
+    python -m partial_relevance.prem_pipeline --ranking-file <retriever run>/rankings.h5
+
+(argparse; every `--common` / `--retriever` / `--localizer` value is a Hydra override of
+`conf/train.yaml`, repeatable.) Stages, each writing only into its own run directory under
+`--out` (default `outputs/prem_pipeline/runs/<timestamp>`):
+
+1. `retriever/`: `train(cfg)` with `experiment=prem_retriever_synthetic` (VR metrics,
+   checkpoint); its export step writes `retriever/rankings.h5` (top-100 videos and scores of
+   every query of every split, SPEC §6.1).
+2. `localizer/`: `train(cfg)` with `experiment=prem_synthetic` and
+   `data.ranking_file=retriever/rankings.h5`: negatives from the train rankings (SPEC §5), the
+   checkpoint with the best `val/VCMR_selection`; its export step reruns the VCMR pipeline
+   (SPEC §6) with the best weights and writes `submission_val.json` (TVR format) and
+   `vcmr_results_val.json` (the metrics computed in memory) beside `metrics.json`.
+3. The random-localizer baseline: the same pipeline on the same retrieved videos with uniform
+   start / end logits (`inference.vcmr.UniformLocalizer`); written to
+   `localizer/random_localizer_val.json`.
+4. Prints the val VCMR / SVMR tables (R@1/5/10/100 at IoU 0.5 / 0.7, overall and per query
+   type) and the VR table, the trained localizer beside the random one, then scores the
+   written `submission_val.json` back with `score_submission` and checks that it gives exactly
+   the printed numbers (exit status 1 if not).
+
+`--size small` (default) shrinks the synthetic corpus to 400 / 100 / 100 videos and the
+retriever to 3 epochs so that the two stages finish in ~5 minutes on a busy 2-core CPU;
+`--size full` runs the experiment configs unchanged. `--threads auto` (default) uses the
+cores the current load leaves free: oversubscribed OpenMP threads on a busy machine are far
+slower than one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from partial_relevance.inference.vcmr import (
+    UniformLocalizer,
+    VcmrInferenceConfig,
+    run_vcmr,
+    split_ground_truth,
+)
+from partial_relevance.metrics.submission import score_submission
+from partial_relevance.metrics.vcmr import DEFAULT_IOUS, DEFAULT_KS, metric_key
+from partial_relevance.train import CONFIG_DIR, train
+
+__all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]
+
+RETRIEVER_EXPERIMENT = "prem_retriever_synthetic"
+LOCALIZER_EXPERIMENT = "prem_synthetic"
+DEFAULT_COMMON = ("logger=csv", "trainer.enable_progress_bar=false")
+# `--size small` (the default of `make train-prem`): a smaller synthetic corpus and a shorter
+# retriever schedule, so both stages finish in ~5 minutes on a busy 2-core CPU. `--size full`
+# runs the experiment configs as they are (the full synthetic corpus).
+SMALL = {
+    "common": (
+        "data.synthetic.num_train_videos=400",
+        "data.synthetic.num_val_videos=100",
+        "data.synthetic.num_test_videos=100",
+    ),
+    "retriever": ("trainer.max_epochs=3",),
+    "localizer": (),
+}
+
+
+def compose_stage(overrides: Sequence[str], output_dir: Path) -> DictConfig:
+    """`conf/train.yaml` composed in-process, the run writing into `output_dir`."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def _row(label: str, values: Sequence[float | None], width: int = 10) -> str:
+    cells = "".join(f"{v:{width}.2f}" if v is not None else f"{'-':>{width}}" for v in values)
+    return f"{label:<18}{cells}"
+
+
+def format_tables(
+    ours: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]] | None = None,
+    split: str = "val",
+    ks: Sequence[int] = DEFAULT_KS,
+    ious: Sequence[float] = DEFAULT_IOUS,
+) -> str:
+    """VCMR / SVMR tables (R@k at each IoU, overall then per query type) and the VR table,
+    each row of ours followed by the random localizer's (`baseline`)."""
+    lines: list[str] = []
+    groups = [g for g in ours if "_" in g]
+    types = sorted(
+        {g.split("_", 1)[1] for g in groups},
+        key=lambda t: ("v", "t", "vt").index(t) if t in ("v", "t", "vt") else 9,
+    )
+    for task in ("VCMR", "SVMR"):
+        if task not in ours:
+            continue
+        header = "".join(f"{f'R@{k}/{iou:g}':>10}" for iou in ious for k in ks)
+        lines += ["", f"{task} ({split}), R@k / IoU", f"{'':<18}{header}"]
+        for suffix in ("", *types):
+            group = task + (f"_{suffix}" if suffix else "")
+            if group not in ours:
+                continue
+            name = suffix or "all"
+            keys = [metric_key(k, iou) for iou in ious for k in ks]
+            lines.append(_row(f"{name} ours", [ours[group].get(key) for key in keys]))
+            if baseline is not None and group in baseline:
+                lines.append(_row(f"{name} random", [baseline[group].get(key) for key in keys]))
+    if "VR" in ours:
+        lines += ["", f"VR ({split}; the retriever's list, the same for both localizers)"]
+        lines.append(f"{'':<18}" + "".join(f"{f'R@{k}':>10}" for k in ks))
+        for suffix in ("", *types):
+            group = "VR" + (f"_{suffix}" if suffix else "")
+            if group in ours:
+                lines.append(_row(suffix or "all", [ours[group].get(f"R@{k}") for k in ks]))
+    return "\n".join(lines)
+
+
+def compare_results(
+    a: Mapping[str, Mapping[str, float]], b: Mapping[str, Mapping[str, float]], tol: float = 1e-9
+) -> list[str]:
+    """Every (group, metric) where the two nested results differ (or one lacks it)."""
+    problems = []
+    for group in sorted(set(a) | set(b)):
+        for key in sorted(set(a.get(group, {})) | set(b.get(group, {}))):
+            x, y = a.get(group, {}).get(key), b.get(group, {}).get(key)
+            same = (
+                x is not None
+                and y is not None
+                and ((math.isnan(x) and math.isnan(y)) or abs(x - y) <= tol)
+            )
+            if not same:
+                problems.append(f"{group}/{key}: {x} != {y}")
+    return problems
+
+
+def _threads(value: str) -> int:
+    if value != "auto":
+        return max(1, int(value))
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - round(load))))
+
+
+def run_pipeline(
+    out: Path,
+    common: Sequence[str] = DEFAULT_COMMON,
+    retriever: Sequence[str] = (),
+    localizer: Sequence[str] = (),
+    ranking_file: str | None = None,
+    split: str = "val",
+) -> dict[str, Any]:
+    """Run the stages (see the module docstring); return paths, results and wall times."""
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if ranking_file is None:
+        print(f"[1/4] retriever -> {out / 'retriever'}", flush=True)
+        cfg = compose_stage(
+            [f"experiment={RETRIEVER_EXPERIMENT}", *common, *retriever], out / "retriever"
+        )
+        train(cfg)
+        ranking_file = str(out / "retriever" / "rankings.h5")
+        timings["retriever_s"] = time.perf_counter() - start
+    else:
+        print(f"[1/4] retriever skipped: rankings from {ranking_file}", flush=True)
+
+    print(f"[2/4] localizer -> {out / 'localizer'}", flush=True)
+    t = time.perf_counter()
+    loc_dir = out / "localizer"
+    cfg = compose_stage(
+        [
+            f"experiment={LOCALIZER_EXPERIMENT}",
+            f"data.ranking_file={Path(ranking_file).resolve()}",
+            *common,
+            *localizer,
+        ],
+        loc_dir,
+    )
+    train(cfg)
+    timings["localizer_s"] = time.perf_counter() - t
+
+    print("[3/4] random-localizer baseline on the same retrieved videos", flush=True)
+    t = time.perf_counter()
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("validate")
+    inference = VcmrInferenceConfig.from_mapping(dict(cfg.model.inference))
+    baseline = run_vcmr(UniformLocalizer(), datamodule, split, inference).evaluate()
+    (loc_dir / f"random_localizer_{split}.json").write_text(json.dumps(baseline, indent=2))
+    timings["baseline_s"] = time.perf_counter() - t
+
+    results_path = loc_dir / f"vcmr_results_{split}.json"
+    ours = json.loads(results_path.read_text())
+    print(format_tables(ours, baseline, split))
+
+    print(f"\n[4/4] scoring {loc_dir / f'submission_{split}.json'} back", flush=True)
+    split_data = datamodule.all_splits()[split]
+    scored = score_submission(loc_dir / f"submission_{split}.json", split_ground_truth(split_data))
+    problems = compare_results(ours, scored)
+    n_values = sum(len(v) for v in ours.values())
+    if problems:
+        print(f"submission round-trip: MISMATCH in {len(problems)} values:")
+        print("\n".join(problems[:20]))
+    else:
+        print(f"submission round-trip: OK ({n_values} metric values identical)")
+    timings["total_s"] = time.perf_counter() - start
+    print("wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    return {
+        "out": str(out),
+        "ranking_file": ranking_file,
+        "ours": ours,
+        "random": baseline,
+        "round_trip_ok": not problems,
+        "timings": timings,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m partial_relevance.prem_pipeline",
+        description="PREM stage-wise pipeline: retriever -> rankings -> localizer -> VCMR.",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="pipeline directory")
+    parser.add_argument(
+        "--common", action="append", default=None, help="override for both stages (repeatable)"
+    )
+    parser.add_argument("--retriever", action="append", default=[], help="retriever override")
+    parser.add_argument("--localizer", action="append", default=[], help="localizer override")
+    parser.add_argument("--ranking-file", default=None, help="skip stage 1, use these rankings")
+    parser.add_argument("--split", default="val", help="split for the tables / submission check")
+    parser.add_argument("--threads", default="auto", help="torch threads (int or auto)")
+    parser.add_argument(
+        "--size",
+        choices=("small", "full"),
+        default="small",
+        help="small: 400/100/100 videos, 3 retriever epochs (~5 min); full: the experiment configs",
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    torch.set_num_threads(_threads(args.threads))
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    out = args.out or Path("outputs") / "prem_pipeline" / "runs" / stamp
+    common = DEFAULT_COMMON if args.common is None else tuple(args.common)
+    retriever, localizer = tuple(args.retriever), tuple(args.localizer)
+    if args.size == "small":  # the user's overrides come last and win
+        common = (*SMALL["common"], *common)
+        retriever = (*SMALL["retriever"], *retriever)
+        localizer = (*SMALL["localizer"], *localizer)
+    print(f"PREM pipeline in {out} (torch threads: {torch.get_num_threads()})", flush=True)
+    print(
+        f"overrides: both {list(common)}; retriever {list(retriever)}; localizer {list(localizer)}",
+        flush=True,
+    )
+    result = run_pipeline(out, common, retriever, localizer, args.ranking_file, args.split)
+    return 0 if result["round_trip_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
