@@ -44,7 +44,11 @@ from partial_relevance.inference.ranking import (
 from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
 from partial_relevance.metrics.retrieval import DEFAULT_KS, recall_at_k
-from partial_relevance.models.prem_retriever import PremRetriever, index_encoding
+from partial_relevance.models.prem_retriever import (
+    PremRetriever,
+    eq6_pair_score,
+    index_encoding,
+)
 
 DEFAULT_EVAL = {"max_elements": DEFAULT_MAX_ELEMENTS}
 DEFAULT_RANKING = {
@@ -106,6 +110,51 @@ def gather_video_encodings(
     return {k: v[valid] for k, v in out.items()}, ids[valid], offset
 
 
+RESTRICTED_SUBTITLE_MODES = ("video", "drop")
+
+
+def restricted_pair_score(
+    net: PremRetriever,
+    queries: Mapping[str, Tensor | None],
+    pairs: Mapping[str, Tensor],
+    restrict: Tensor,
+    subtitle: str = "video",
+) -> Tensor:
+    """Eq. 6 of aligned pairs with the maxima restricted to `restrict` `[B, L]` (the strong /
+    weak positives of SPEC §4) -> `[B]`.
+
+    With `empty_subtitle: mask`, a restricted clip set can hold no subtitle clip although the
+    video has subtitles (a moment without speech). `eq6_pair_score` then drops the subtitle term
+    (visual term alone), while every negative keeps the average `½(vis + sub)`; training
+    exploits that mismatch (push every subtitle similarity down: negatives fall, such
+    positives do not) and retrieval does not learn. `subtitle="video"` (default,
+    **[decision]**) keeps the positive comparable with the negatives: the visual maximum stays
+    restricted, the subtitle maximum of such a pair runs over the whole GT video. Pairs whose
+    video has no subtitle at all keep the visual term alone, as in Eq. 6 for that video.
+    `subtitle="drop"` is `eq6_pair_score` unchanged.
+    """
+    if subtitle not in RESTRICTED_SUBTITLE_MODES:
+        raise ValueError(f"subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, got {subtitle!r}")
+    base = net.score_pairs(queries, pairs, restrict)  # [B]
+    if subtitle == "drop" or not (net.use_vis and net.use_sub):
+        return base
+    subs = pairs["sub_mask"].bool() & pairs["clip_mask"].bool()  # [B, L]
+    fallback = subs.any(1) & ~(subs & restrict.bool()).any(1)  # [B]
+    if not bool(fallback.any()):
+        return base
+    args = (
+        queries["vis"],
+        queries["sub"],
+        pairs["vis"],
+        pairs["sub"],
+        pairs["clip_mask"],
+        pairs["sub_mask"],
+    )
+    vis = eq6_pair_score(*args, restrict, use_vis=True, use_sub=False)  # [B]
+    sub = eq6_pair_score(*args, None, use_vis=False, use_sub=True)  # [B]
+    return torch.where(fallback, 0.5 * (vis + sub), base)
+
+
 def vr_metrics(
     ranks: Tensor, query_types: Tensor | None = None, ks: tuple[int, ...] = DEFAULT_KS
 ) -> dict[str, float]:
@@ -122,7 +171,20 @@ def vr_metrics(
 
 
 class PremRetrieverLitModule(pl.LightningModule):
-    """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5)."""
+    """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5).
+
+    Switches: `strong_relevance` / `weak_relevance` (Table 2), `tau` (τ), `weak_weight` (β),
+    `video_to_query` (L_v2q), `gather_negatives` (DDP), `restricted_subtitle` (see
+    `restricted_pair_score`), `positive_warmup_epochs`.
+
+    `positive_warmup_epochs` (**[decision]**, 0 = the paper): from random init, the strong
+    positive (a maximum over the few moment clips) starts below the negatives (maxima over
+    every clip of a video) by an extreme-value margin; at τ = 0.01 the fastest way to shrink
+    the loss is then to make every clip encoding alike (clip-clip cosine -> 0.99 within ~50
+    steps on the synthetic corpus), after which it learns only slowly. Training the first
+    epochs with the whole-video positive and no L_W (ReLoCLNet's loss) escapes that; the
+    synthetic experiment uses it, the paper configs do not.
+    """
 
     def __init__(
         self,
@@ -134,6 +196,8 @@ class PremRetrieverLitModule(pl.LightningModule):
         weak_relevance: bool = True,
         video_to_query: bool = True,
         gather_negatives: bool = True,
+        restricted_subtitle: str = "video",
+        positive_warmup_epochs: int = 0,
         warmup_fraction: float | None = None,
         evaluation: Mapping | None = None,
         ranking: Mapping | None = None,
@@ -148,6 +212,13 @@ class PremRetrieverLitModule(pl.LightningModule):
         self.weak_relevance = weak_relevance
         self.video_to_query = video_to_query
         self.gather_negatives = gather_negatives
+        if restricted_subtitle not in RESTRICTED_SUBTITLE_MODES:
+            raise ValueError(
+                f"restricted_subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, "
+                f"got {restricted_subtitle!r}"
+            )
+        self.restricted_subtitle = restricted_subtitle
+        self.positive_warmup_epochs = positive_warmup_epochs
         self.warmup_fraction = warmup_fraction
         self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
         self.ranking_cfg = _merged(DEFAULT_RANKING, ranking)
@@ -179,9 +250,16 @@ class PremRetrieverLitModule(pl.LightningModule):
         query_video = batch["query_video"]  # [B] column of the GT video
         pairs = index_encoding(videos, query_video)  # [B, L, D]
         strong_mask, weak_mask, weak_valid = strong_weak_masks(batch["span"], pairs["clip_mask"])
-        # strong_relevance off (Table 2): the positive is Eq. 6 over the whole GT video.
-        strong = net.score_pairs(queries, pairs, strong_mask if self.strong_relevance else None)
-        weak = net.score_pairs(queries, pairs, weak_mask)  # [B]
+        mode = self.restricted_subtitle
+        # Curriculum [decision, off by default]: for the first `positive_warmup_epochs` the
+        # positive is the whole GT video and L_W is off (ReLoCLNet-style), see the class doc.
+        warmup = self.current_epoch < self.positive_warmup_epochs
+        if self.strong_relevance and not warmup:
+            strong = restricted_pair_score(net, queries, pairs, strong_mask, mode)  # [B]
+        else:  # Table 2 ablation: the positive is Eq. 6 over the whole GT video
+            strong = net.score_pairs(queries, pairs)
+        weak = restricted_pair_score(net, queries, pairs, weak_mask, mode)  # [B]
+        weak_weight = self.weak_weight if self.weak_relevance and not warmup else 0.0
         columns, column_ids, offset = self._batch_videos(videos, batch["video_index"])
         scores = net.score(queries, columns)  # [B, V_all]
         own_ids = batch["video_index"][query_video]  # [B]
@@ -194,7 +272,7 @@ class PremRetrieverLitModule(pl.LightningModule):
             query_video + offset,
             negative_mask,
             tau=self.tau,
-            weak_weight=self.weak_weight if self.weak_relevance else 0.0,
+            weak_weight=weak_weight,
             video_to_query=self.video_to_query,
         )
         return terms
