@@ -77,8 +77,11 @@ def format_metrics(metrics: dict[str, float], prefixes: tuple[str, ...] = ("val"
     names = ("R@1", "R@5", "R@10", "R@100", "SumR")
     lines.append(f"{'split':<14}" + "".join(f"{n:>9}" for n in names))
     for prefix in prefixes:
+        # PREM's retriever reports VR_R@k; the chance level is keyed without the task prefix.
+        task = "VR_" if f"{prefix}/VR_SumR" in metrics else ""
         for label, suffix in ((prefix, ""), (f"{prefix} chance", "_chance")):
-            row = [metrics.get(f"{prefix}/{n}{suffix}") for n in names]
+            stem = "" if suffix else task
+            row = [metrics.get(f"{prefix}/{stem}{n}{suffix}") for n in names]
             if any(v is not None for v in row):
                 lines.append(
                     f"{label:<14}"
