@@ -7,6 +7,8 @@ that never let padding win.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -107,14 +109,20 @@ class TransformerEncoder(nn.Module):
         ffn_dim: int | None = None,
         dropout: float = 0.1,
         ffn: bool = True,
+        layer_factory: Callable[[], nn.Module] | None = None,
     ) -> None:
+        """`layer_factory` builds each layer instead of a TransformerLayer (other blocks with
+        the same `(x, mask)` call, e.g. GMMFormer's Gaussian blocks)."""
         super().__init__()
         self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            TransformerLayer(dim, num_heads, ffn_dim, dropout, ffn) for _ in range(num_layers)
-        )
+        if layer_factory is None:
+
+            def layer_factory() -> nn.Module:
+                return TransformerLayer(dim, num_heads, ffn_dim, dropout, ffn)
+
+        self.layers = nn.ModuleList(layer_factory() for _ in range(num_layers))
 
     def add_positions(self, x: Tensor) -> Tensor:
         """Add learned positional embeddings to x: [B, L, D] (L <= max_len)."""

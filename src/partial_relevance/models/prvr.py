@@ -477,9 +477,9 @@ class GaussianBlock(nn.Module):
         return torch.stack([a(x, mask) for a in self.attentions]).mean(0)
 
 
-class GaussianEncoder(nn.Module):
-    """Learned positions added once, then `num_layers` GaussianBlocks (the interface of
-    `TransformerEncoder`, so `encode_branch` and TCP use it unchanged)."""
+class GaussianEncoder(TransformerEncoder):
+    """Learned positions added once, then `num_layers` GaussianBlocks (a TransformerEncoder
+    with Gaussian blocks, so `encode_branch` and TCP use it unchanged)."""
 
     def __init__(
         self,
@@ -491,25 +491,13 @@ class GaussianEncoder(nn.Module):
         widths: Sequence[float | None] = (None, 0.5, 1.0, 5.0),
         mode: str = "multiply",
     ) -> None:
-        super().__init__()
-        self.max_len = max_len
-        self.position = nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            GaussianBlock(dim, num_heads, dropout, widths, mode) for _ in range(num_layers)
+        super().__init__(
+            dim,
+            max_len,
+            num_layers,
+            dropout=dropout,
+            layer_factory=lambda: GaussianBlock(dim, num_heads, dropout, widths, mode),
         )
-
-    def add_positions(self, x: Tensor) -> Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
-        return self.dropout(x + self.position(positions)[None])
-
-    def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.encode(self.add_positions(x), mask)
 
 
 class GmmformerBaseModel(PrvrBaseModel):
