@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
 from partial_relevance.losses.contrastive import multi_positive_infonce, triplet_ranking_loss
 from partial_relevance.losses.prvr import (
+    IRM_NCE_WEIGHT,
     ice_loss,
     ice_select_pairs,
     irm_neg_loss,
@@ -40,7 +41,17 @@ DEFAULT_LOSS = {
     "hard_topk": 20,
 }
 DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1}  # β_t, λ₃ (PRVR §4.1.3)
-DEFAULT_IRM = {"enabled": False, "neg": True, "red": True, "shared_fc": True, "weight": 1.0}
+DEFAULT_IRM = {
+    "enabled": False,
+    "neg": True,
+    "red": True,
+    "shared_fc": True,
+    "weight": 1.0,  # λ₄
+    # InfoNCE weight inside L_neg / L_red: 1 = SPEC §3 [decision] (PRVR §3.4 prints none);
+    # 0.04 = λ₂ of Eq. 7 (losses.prvr.IRM_NCE_WEIGHT_EQ7).
+    "neg_nce_weight": IRM_NCE_WEIGHT,
+    "red_nce_weight": IRM_NCE_WEIGHT,
+}
 DEFAULT_TCP = {
     "enabled": False,
     "video": True,
@@ -164,16 +175,34 @@ class PrvrLitModule(pl.LightningModule):
         r_v, r_q = self.irm_projection(v, target, q)
         cfg = self.loss_cfg
         zero = q.sum() * 0
+        irm = self.irm_cfg
         neg = (
             irm_neg_loss(
-                r_v, r_q, q, moment_cos, moment_nce, y, cfg["margin"], cfg["nce_sim"], cfg["tau"]
+                r_v,
+                r_q,
+                q,
+                moment_cos,
+                moment_nce,
+                y,
+                cfg["margin"],
+                cfg["nce_sim"],
+                cfg["tau"],
+                nce_weight=irm["neg_nce_weight"],
             )
-            if self.irm_cfg["neg"]
+            if irm["neg"]
             else zero
         )
         red = (
-            irm_red_loss(r_v, r_q, cfg["margin"], cfg["nce_sim"], cfg["tau"], cfg["nce_average"])
-            if self.irm_cfg["red"]
+            irm_red_loss(
+                r_v,
+                r_q,
+                cfg["margin"],
+                cfg["nce_sim"],
+                cfg["tau"],
+                cfg["nce_average"],
+                nce_weight=irm["red_nce_weight"],
+            )
+            if irm["red"]
             else zero
         )
         return {"L_neg": neg, "L_red": red, "L_irm": neg + red}

@@ -6,6 +6,7 @@ One function per paper equation, pure functions on tensors:
   `ice_loss` aligns them with Eq. 5 + Eq. 6.
 - `irm_neg_loss` (`L_neg`) uses the redundant features r_v, r_q of Eq. 9 as extra negative
   moments; `irm_red_loss` (`L_red`) aligns r_v with r_q; L_irm = L_neg + L_red (Eq. 10).
+  Each is triplet + `nce_weight` · InfoNCE; see `IRM_NCE_WEIGHT` for the default.
 - `tcp_group_labels`, `tcp_shuffle` build the temporal-coherence task; `tcp_loss` is
   Eq. 11-12.
 """
@@ -25,6 +26,16 @@ from partial_relevance.losses.contrastive import (
 )
 
 IGNORE_INDEX = -100
+
+# Weight of the InfoNCE part (Eq. 6) inside L_neg and L_red, relative to their triplet part
+# (Eq. 5). PRVR §3.4 gives none: L_neg is "the moment-level similarity learning (Section
+# 3.2.3)" with r_v, r_q as extra negatives, L_red "the joint application of Equation (5) and
+# (6)", and Eq. 10 sums the two. SPEC §3 [decision] reads both as unweighted (like L_ice), so
+# the default is 1. The other reading copies Eq. 7, whose moment-level InfoNCE carries
+# λ₂ = 0.04 (`IRM_NCE_WEIGHT_EQ7`). Unweighted, each IRM InfoNCE (dot products, τ = 1) gets
+# 25-50× the weight of the base InfoNCE terms (λ₁ = 0.02, λ₂ = 0.04); docs/prvr_ablations.md.
+IRM_NCE_WEIGHT = 1.0
+IRM_NCE_WEIGHT_EQ7 = 0.04
 
 
 # --------------------------------------------------------------------------- ICE (§3.3)
@@ -102,6 +113,8 @@ def irm_neg_loss(
     margin: float = 0.2,
     nce_sim: str = "dot",
     tau: float = 1.0,
+    *,
+    nce_weight: float = IRM_NCE_WEIGHT,
 ) -> Tensor:
     """L_neg, PRVR §3.4: the redundant features as extra negative moments for their query.
 
@@ -113,7 +126,8 @@ def irm_neg_loss(
     Triplet: mean_j Σ_{r ∈ {r_v[j], r_q[j]}} max(0, m + cos(r, q_j) − S_m(V_{y(j)}, q_j)).
     InfoNCE: per query the row [S_m(V_{y(j)}, q_j); S_m(V_k, q_j), k ≠ y(j);
     s(r_v[j], q_j); s(r_q[j], q_j)] / τ, cross-entropy on the positive, mean over j.
-    L_neg = triplet + InfoNCE (SPEC §3 [decision]: unweighted, like L_ice).
+    L_neg = triplet + `nce_weight` · InfoNCE; `nce_weight` = 1 is SPEC §3's unweighted
+    [decision] (like L_ice), 0.04 the Eq. 7 reading (λ₂ on moment-level InfoNCE).
     """
     positive_video = positive_video.to(device=moment_cos.device, dtype=torch.long)
     pos_cos = moment_cos.gather(1, positive_video[:, None]).squeeze(1)  # [n]
@@ -127,7 +141,7 @@ def irm_neg_loss(
     )  # [n, 2]
     logits = torch.cat([moment_nce, extra], dim=1) / tau  # [n, b + 2]; positive at y(j)
     nce = F.cross_entropy(logits, positive_video)
-    return trip + nce
+    return trip + nce_weight * nce
 
 
 def irm_red_loss(
@@ -138,13 +152,16 @@ def irm_red_loss(
     tau: float = 1.0,
     nce_average: str = "video",
     generator: torch.Generator | None = None,
+    *,
+    nce_weight: float = IRM_NCE_WEIGHT,
 ) -> Tensor:
     """L_red, PRVR §3.4: align the video-view and query-view redundant features (Eq. 5 + 6).
 
     `r_v`, `r_q` [n, D]: pair i is (r_q[i], r_v[i]), positives on the diagonal; every pair is
     its own "video" (several pairs of one video are still negatives of each other). Rows of
     the score matrix are r_q (the query side), columns r_v; triplet on cosine with random
-    negatives, InfoNCE with `nce_sim` / τ.
+    negatives, InfoNCE with `nce_sim` / τ. L_red = triplet + `nce_weight` · InfoNCE
+    (`IRM_NCE_WEIGHT`: 1 by SPEC §3 [decision]; PRVR §3.4 prints no weight).
     """
     n = r_v.shape[0]
     diagonal = torch.arange(n, device=r_v.device)  # [n]
@@ -154,7 +171,7 @@ def irm_red_loss(
     nce = multi_positive_infonce(
         pair_similarity(r_q, r_v, nce_sim) / tau, diagonal, average=nce_average
     )
-    return trip + nce
+    return trip + nce_weight * nce
 
 
 # --------------------------------------------------------------------------- TCP (§3.5)
