@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from partial_relevance.data.rankings import SplitRanking, write_rankings
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.data.vcmr_localizer import VcmrLocalizerDataModule
-from partial_relevance.inference.ranking import SplitRanking, write_rankings
 from support import TINY_SYNTHETIC
 
 

@@ -1,7 +1,7 @@
 """PREM moment-localizer data over the VCMR corpus (PREM §3.4–§3.5, SPEC §5–§6).
 
 The localizer is trained stage-wise (SPEC §5): the retriever is trained first and ranks every
-split's queries once (the ranking file, `inference.ranking`); this datamodule reads that file.
+split's queries once (the ranking file, `data.rankings`); this datamodule reads that file.
 
 - Training (`VcmrLocalizerTrainDataset`): one item per labelled training query: its tokens, its
   GT video and `n_neg` negative videos (TVR 4, DiDeMo 2) drawn uniformly from the retriever's
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.prvr import pad_sequences
+from partial_relevance.data.rankings import SplitRanking, ranking_splits, read_rankings
 from partial_relevance.data.vcmr import (
     QUERY_TYPE_CODES,
     VcmrCorpus,
@@ -40,8 +41,6 @@ from partial_relevance.data.vcmr import (
     collate_vcmr_queries,
     collate_vcmr_videos,
 )
-from partial_relevance.inference.ranking import SplitRanking, ranking_splits, read_rankings
-from partial_relevance.inference.spans import adversarial_span_positives
 
 __all__ = [
     "AlignedRanking",
@@ -49,12 +48,40 @@ __all__ = [
     "VcmrLocalizerEvalQueryDataset",
     "VcmrLocalizerEvalVideoDataset",
     "VcmrLocalizerTrainDataset",
+    "adversarial_span_positives",
     "align_ranking",
     "collate_localizer_batch",
     "collate_localizer_queries",
     "collate_localizer_videos",
     "sample_negatives",
 ]
+
+
+def adversarial_span_positives(
+    gt: tuple[int, int], num_clips: int, iou_threshold: float = 0.7
+) -> np.ndarray:
+    """The adversarial term's positive spans (SPEC §5): the GT span and every span of the video
+    whose inclusive-clip IoU with it exceeds `iou_threshold`.
+
+    IoU in inclusive clips: `|[i, j] ∩ [s, e]| / |[i, j] ∪ [s, e]|`, a span `[i, j]` holding
+    the `j - i + 1` clips `i..j` (as `metrics.temporal.inclusive_clip_iou`; computed here so
+    that the data layer depends on nothing above it). Example: GT `[5, 8]` → `[5,8]`,
+    `[4,8]`, `[5,9]` (0.8), `[5,7]`, `[6,8]` (0.75), not `[4,9]` (0.667). No length window
+    applies (the rule is about overlap only). `inference.spans` re-exports it.
+
+    Returns:
+        `[P, 2]` int64 `(i, j)`, the GT span first, then the others sorted by `(i, j)`.
+    """
+    s, e = int(gt[0]), int(gt[1])
+    if not 0 <= s <= e < num_clips:
+        raise ValueError(f"GT span {gt} is not inside a video of {num_clips} clips")
+    starts, ends = np.triu_indices(num_clips)  # every span i <= j, sorted by (i, j)
+    inter = np.maximum(0, np.minimum(ends, e) - np.maximum(starts, s) + 1)
+    union = (ends - starts + 1) + (e - s + 1) - inter
+    iou = inter / union
+    keep = (iou > iou_threshold) & ~((starts == s) & (ends == e))
+    others = np.stack([starts[keep], ends[keep]], axis=1).astype(np.int64)
+    return np.concatenate([np.array([[s, e]], dtype=np.int64), others], axis=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,35 +8,50 @@ index is involved.
 
 The ranking file (HDF5, one group per split) is what the moment localizer reads: its training
 negatives are drawn from the top-100 of each training query (SPEC §5) and VCMR inference runs
-the localizer on each query's top 10 videos (SPEC §6.2). Layout of group `<split>`:
-
-- `query_id` `[Q]` utf-8 (the annotation's id), `desc_id` `[Q]` int64 (−1 if not numeric);
-- `video_names` `[V]` utf-8: the split's candidate videos; `video_idx` indexes this list;
-- `video_idx` `[Q, k]` int64 and `scores` `[Q, k]` float32, best first (`k = min(100, V)`);
-- `gt_video_idx` `[Q]` int64, the GT video's index in `video_names` (−1 when unlabelled);
-- attributes `k`, `num_queries`, `num_videos`; the root has `format_version`.
+the localizer on each query's top 10 videos (SPEC §6.2). Its reader and writer
+(`SplitRanking`, `write_rankings`, `read_rankings`, `ranking_splits`; layout in
+`data.rankings`) live in the data layer, which the localizer's datamodule uses; they are
+re-exported here so that the retriever's ranking code keeps one import.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 from torch import Tensor
 
-from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.rankings import (
+    RANKING_FORMAT_VERSION,
+    SplitRanking,
+    ranking_splits,
+    read_rankings,
+    write_rankings,
+)
 from partial_relevance.metrics.retrieval import ranks_from_scores
+
+__all__ = [
+    "DEFAULT_MAX_ELEMENTS",
+    "DEFAULT_TOPK",
+    "RANKING_FORMAT_VERSION",
+    "VIDEO_KEYS",
+    "CorpusRanking",
+    "SplitRanking",
+    "encoded_score_fn",
+    "pad_clips",
+    "query_chunk_size",
+    "rank_corpus",
+    "ranking_splits",
+    "read_rankings",
+    "stack_query_encodings",
+    "stack_video_encodings",
+    "write_rankings",
+]
 
 DEFAULT_TOPK = 100  # SPEC §6.1: the VR list is the top 100 videos
 DEFAULT_MAX_ELEMENTS = 1 << 26  # ≈ 67 M similarity entries per [chunk, V, L] block
-RANKING_FORMAT_VERSION = 1
 VIDEO_KEYS = ("vis", "sub", "clip_mask", "sub_mask")
-_STR = h5py.string_dtype(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,113 +157,3 @@ def encoded_score_fn(
         return score({k: v[rows] for k, v in queries.items()}, dict(videos))
 
     return fn
-
-
-# --------------------------------------------------------------------------------------------
-# The ranking file
-# --------------------------------------------------------------------------------------------
-
-
-def _desc_ids(query_ids: list[str]) -> np.ndarray:
-    return np.array([int(q) if q.lstrip("-").isdigit() else -1 for q in query_ids], dtype=np.int64)
-
-
-@dataclass
-class SplitRanking:
-    """One split's VR lists (see the module docstring for the on-disk layout)."""
-
-    split: str
-    query_ids: list[str]
-    video_names: list[str]
-    video_idx: np.ndarray  # [Q, k] int64, into video_names
-    scores: np.ndarray  # [Q, k] float32
-    gt_video_idx: np.ndarray  # [Q] int64, −1 unlabelled
-
-    def __post_init__(self) -> None:
-        self.video_idx = np.asarray(self.video_idx, dtype=np.int64)
-        self.scores = np.asarray(self.scores, dtype=np.float32)
-        self.gt_video_idx = np.asarray(self.gt_video_idx, dtype=np.int64)
-        q = len(self.query_ids)
-        if self.video_idx.shape[0] != q or self.scores.shape != self.video_idx.shape:
-            raise ValueError(
-                f"split {self.split!r}: {q} queries but video_idx {self.video_idx.shape}, "
-                f"scores {self.scores.shape}"
-            )
-        self._row = {query_id: i for i, query_id in enumerate(self.query_ids)}
-
-    @property
-    def desc_ids(self) -> np.ndarray:
-        return _desc_ids(self.query_ids)
-
-    @property
-    def k(self) -> int:
-        return int(self.video_idx.shape[1])
-
-    def row(self, query_id: str | int) -> int:
-        """Row of a query (by its id), KeyError if absent."""
-        return self._row[str(query_id)]
-
-    def top_videos(self, query_id: str | int, k: int | None = None) -> list[str]:
-        """The query's ranked video names, best first (the first `k`)."""
-        return [self.video_names[i] for i in self.video_idx[self.row(query_id), :k]]
-
-
-def write_rankings(
-    path: str | Path, rankings: Mapping[str, SplitRanking], attrs: Mapping | None = None
-) -> Path:
-    """Write every split's lists into one HDF5 file, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as handle:
-            handle.attrs["format_version"] = RANKING_FORMAT_VERSION
-            for key, value in (attrs or {}).items():
-                handle.attrs[key] = value
-            for split, ranking in rankings.items():
-                group = handle.create_group(split)
-                group.create_dataset("query_id", data=ranking.query_ids, dtype=_STR)
-                group.create_dataset("desc_id", data=ranking.desc_ids)
-                group.create_dataset("video_names", data=ranking.video_names, dtype=_STR)
-                group.create_dataset("video_idx", data=ranking.video_idx)
-                group.create_dataset("scores", data=ranking.scores)
-                group.create_dataset("gt_video_idx", data=ranking.gt_video_idx)
-                group.attrs["k"] = ranking.k
-                group.attrs["num_queries"] = len(ranking.query_ids)
-                group.attrs["num_videos"] = len(ranking.video_names)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def ranking_splits(path: str | Path) -> list[str]:
-    """The splits a ranking file holds."""
-    path = require_exists(path, "ranking file")
-    with h5py.File(path, "r") as handle:
-        return list(handle.keys())
-
-
-def read_rankings(path: str | Path, split: str) -> SplitRanking:
-    """One split of a ranking file; DataError naming the file and the missing split / field."""
-    path = require_exists(path, "ranking file")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise DataError(path, f"cannot be opened as HDF5: {error}") from None
-    with handle:
-        if split not in handle:
-            raise DataError(path, f"split {split!r} not found (splits: {list(handle.keys())})")
-        group = handle[split]
-        for name in ("query_id", "video_names", "video_idx", "scores", "gt_video_idx"):
-            if name not in group:
-                raise DataError(path, f"split {split!r}: missing dataset {name!r}")
-        return SplitRanking(
-            split,
-            [s.decode() if isinstance(s, bytes) else str(s) for s in group["query_id"][()]],
-            [s.decode() if isinstance(s, bytes) else str(s) for s in group["video_names"][()]],
-            group["video_idx"][()],
-            group["scores"][()],
-            group["gt_video_idx"][()],
-        )

@@ -22,7 +22,10 @@ import torch
 from torch import Tensor
 
 from partial_relevance.data.preprocess import CLIP_SECONDS
-from partial_relevance.metrics.temporal import inclusive_clip_iou, temporal_iou
+from partial_relevance.data.vcmr_localizer import (  # re-exported: the datamodule computes
+    adversarial_span_positives,  # the adversarial positives, so they live in the data layer
+)
+from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
     "adversarial_span_positives",
@@ -294,24 +297,3 @@ def decode_top_spans(
         out_n=out_n,
         clip_seconds=clip_seconds,
     )[0]
-
-
-def adversarial_span_positives(
-    gt: tuple[int, int], num_clips: int, iou_threshold: float = 0.7
-) -> np.ndarray:
-    """The adversarial term's positive spans (SPEC §5): the GT span and every span of the video
-    whose inclusive-clip IoU with it exceeds `iou_threshold`.
-
-    Example: GT `[5, 8]` → `[5,8]`, `[4,8]`, `[5,9]` (0.8), `[5,7]`, `[6,8]` (0.75), not
-    `[4,9]` (0.667). No length window applies (the rule is about overlap only).
-
-    Returns:
-        `[P, 2]` int64 `(i, j)`, the GT span first, then the others sorted by `(i, j)`.
-    """
-    s, e = int(gt[0]), int(gt[1])
-    if not 0 <= s <= e < num_clips:
-        raise ValueError(f"GT span {gt} is not inside a video of {num_clips} clips")
-    spans = enumerate_spans(num_clips, 1, num_clips)  # [S, 2], all spans
-    iou = inclusive_clip_iou(spans, np.array([s, e]))  # [S]
-    others = spans[(iou > iou_threshold) & ~((spans[:, 0] == s) & (spans[:, 1] == e))]
-    return np.concatenate([np.array([[s, e]], dtype=np.int64), others], axis=0)
