@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import DEFAULT_IRM, PrvrLitModule
@@ -21,7 +23,8 @@ from partial_relevance.losses.prvr import (
     irm_red_loss,
 )
 from partial_relevance.models.prvr import PrvrBaseModel
-from support import compose_train_config
+from partial_relevance.tables import load_table_spec, plan_jobs, write_row_configs
+from support import CONF_DIR, compose_train_config
 
 
 def lse(*xs: float) -> float:
@@ -111,3 +114,23 @@ def test_lit_module_passes_each_weight_to_its_term() -> None:
     # Eq. 13 with λ₄ = 1: the base terms do not move, the total moves by the IRM terms only.
     torch.testing.assert_close(mixed["L_base"], one["L_base"])
     torch.testing.assert_close(mixed["loss"], mixed["L_base"] + mixed["L_neg"] + mixed["L_red"])
+
+
+@pytest.mark.parametrize("data", ["synthetic", "real"])
+def test_weighting_table_rows_compose(data: str, tmp_path) -> None:
+    """experiments/prvr_irm_weighting.yaml: every row composes and sets what it says."""
+    spec = load_table_spec("prvr_irm_weighting")
+    jobs = plan_jobs(spec, data, [0], root=tmp_path)
+    conf = write_row_configs(jobs, tmp_path / "conf")
+    weights = set()
+    for job in {j.key: j for j in jobs}.values():
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=[f"hydra.searchpath=[file://{conf}]", f"+table_row={job.key}"]
+            )
+        for text in job.overrides:
+            key, value = text.split("=", 1)
+            if key != "experiment":
+                assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), text
+        weights.add((cfg.model.irm.neg_nce_weight, cfg.model.irm.red_nce_weight))
+    assert weights == {(1.0, 1.0), (0.04, 0.04)}
