@@ -18,6 +18,17 @@ overrides per data mode) and the numbers the paper reports. Building it
 3. reads every job's `metrics.json` (never wandb) and writes `<root>/<table>.md` and `.csv`
    (and a copy per data mode in `<root>/<table>/<data>/`): ours, mean ± std over the seeds,
    beside the paper's numbers, with the checkpoint-selection protocol the runs used.
+
+Stage-wise rows (the PREM localizer tables, SPEC §5): a table file with a `retriever:` entry
+(overrides per data mode, e.g. `[experiment=prem_retriever_synthetic]`) trains the localizer
+on a retriever run's ranking file. Before the rows' multirun, one retriever job per seed runs
+(its own multirun, same mechanism) in `<root>/_retrievers/<data>/runs/<name>-<hash>/seed<k>`,
+the hash over the retriever overrides and the `--override`s; a finished one (`metrics.json`
+and `rankings.h5` there) is reused, also by every other table with the same retriever config.
+Each row's config then sets `data.ranking_file` to `.../seed${seed}/rankings.h5` (the
+retriever run of the job's own seed), and the row's hash includes the retriever's key, so a
+localizer trained on another retriever is not taken for it. `--override`s apply to both
+stages, `--retriever-override`s to the retriever stage only.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ EXPERIMENTS_DIR = REPO_DIR / "experiments"
 CONF_DIR = REPO_DIR / "conf"
 DATA_MODES = ("synthetic", "real")
 ROW_GROUP = "table_row"  # the config group the row files form
+RETRIEVER_DIR = "_retrievers"  # under the tables root: retriever runs any table may reuse
+RANKING_FILE = "rankings.h5"  # the retriever run's ranking file (model.ranking.file default)
 
 
 class TableSpecError(ValueError):
@@ -76,6 +89,9 @@ class TableSpec:
     dataset: dict[str, str] = field(default_factory=dict)  # data mode -> what the rows run on
     notes: tuple[str, ...] = ()
     path: Path | None = None
+    # data mode -> overrides of the retriever stage whose ranking file every row reads
+    # (empty: the rows are single-stage runs)
+    retriever: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -85,10 +101,20 @@ class Job:
     overrides: tuple[str, ...]  # common + row (not the seed, not --override)
     key: str  # "<row slug>-<hash>": the row config's name and the job's parent directory
     run_dir: Path
+    retriever: Job | None = None  # the stage-1 run (same seed) whose ranking file it reads
+    outputs: tuple[str, ...] = ("metrics.json",)  # files a finished job has written
 
     @property
     def done(self) -> bool:
-        return (self.run_dir / "metrics.json").exists()
+        return all((self.run_dir / name).exists() for name in self.outputs)
+
+    @property
+    def ranking_file(self) -> str | None:
+        """`data.ranking_file` of this job's row config: its retriever's ranking file, the
+        seed left as `${seed}` so that one row config serves every seed of the multirun."""
+        if self.retriever is None:
+            return None
+        return str(self.retriever.run_dir.parent.resolve() / "seed${seed}" / RANKING_FILE)
 
 
 @dataclass
@@ -176,6 +202,9 @@ def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) 
         dataset={str(k): str(v) for k, v in (raw.get("dataset") or {}).items()},
         notes=tuple(str(n) for n in raw.get("notes") or ()),
         path=path,
+        retriever=_per_mode(raw.get("retriever"), f"{where}: retriever")
+        if raw.get("retriever")
+        else {},
     )
 
 
@@ -195,35 +224,85 @@ def row_overrides(spec: TableSpec, row: Row, data: str) -> tuple[str, ...]:
     return spec.common[data] + row.overrides + row.data[data]
 
 
-def plan_jobs(
+def plan_retriever_jobs(
     spec: TableSpec,
     data: str,
     seeds: Iterable[int],
     extra: Sequence[str] = (),
     root: Path = Path("outputs/tables"),
 ) -> list[Job]:
+    """The retriever stage of a stage-wise table: one job per seed (none when the table has
+    no `retriever` for `data`). Its directory `<root>/_retrievers/<data>/runs/<name>-<hash>/
+    seed<k>` depends only on the retriever config (overrides + `extra`), not on the table, so
+    tables that need the same retriever share its runs. Finished = metrics.json and the
+    ranking file."""
+    overrides = spec.retriever.get(data, ())
+    if not overrides:
+        return []
+    experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
+    name = experiments[-1] if experiments else "retriever"
+    key = f"{slugify(name)}-{overrides_hash([*overrides, *extra])}"
+    row = Row(name=f"retriever {name}", overrides=overrides, data={}, paper={})
+    runs = Path(root) / RETRIEVER_DIR / data / "runs"
+    outputs = ("metrics.json", RANKING_FILE)
+    return [
+        Job(row, int(seed), overrides, key, runs / key / f"seed{seed}", outputs=outputs)
+        for seed in seeds
+    ]
+
+
+def plan_jobs(
+    spec: TableSpec,
+    data: str,
+    seeds: Iterable[int],
+    extra: Sequence[str] = (),
+    root: Path = Path("outputs/tables"),
+    retriever_extra: Sequence[str] = (),
+) -> list[Job]:
     """One job per (row, seed); its directory is named after the hash of the row's overrides
     together with the extra ones (`--override`), so the same config finds the same dir. Rows
-    with the same config (e.g. several metrics of one run) share one job per seed."""
+    with the same config (e.g. several metrics of one run) share one job per seed.
+
+    In a stage-wise table each job also names its retriever job (same seed, see
+    `plan_retriever_jobs`; `extra` and `retriever_extra` configure it), whose key enters the
+    job's hash."""
     runs = Path(root) / spec.name / data / "runs"
+    seeds = [int(s) for s in seeds]
+    retrievers = {
+        j.seed: j for j in plan_retriever_jobs(spec, data, seeds, [*extra, *retriever_extra], root)
+    }
     jobs = []
     keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
     for row in spec.rows:
         overrides = row_overrides(spec, row, data)
-        digest = overrides_hash([*overrides, *extra])
+        stage1 = [f"retriever={retrievers[seeds[0]].key}"] if retrievers else []
+        digest = overrides_hash([*overrides, *extra, *stage1])
         key = keys.setdefault(digest, f"{slugify(row.name)}-{digest}")
         for seed in seeds:
-            jobs.append(Job(row, int(seed), overrides, key, runs / key / f"seed{seed}"))
+            run_dir = runs / key / f"seed{seed}"
+            jobs.append(Job(row, seed, overrides, key, run_dir, retrievers.get(seed)))
     return jobs
+
+
+def retriever_jobs(jobs: Sequence[Job]) -> list[Job]:
+    """The distinct retriever jobs the given jobs read from, in order."""
+    return list({j.retriever.run_dir: j.retriever for j in jobs if j.retriever}.values())
 
 
 def _is_group(key: str, conf_dir: Path) -> bool:
     return key.startswith("hydra/") or (conf_dir / key).is_dir()
 
 
-def row_config(overrides: Sequence[str], key: str, row: Row, conf_dir: Path = CONF_DIR) -> str:
+def row_config(
+    overrides: Sequence[str],
+    key: str,
+    row: Row,
+    conf_dir: Path = CONF_DIR,
+    ranking_file: str | None = None,
+) -> str:
     """The `# @package _global_` config file that applies a row's overrides inside a sweep:
-    group choices become `override /group: choice`, values a nested config."""
+    group choices become `override /group: choice`, values a nested config. `ranking_file`
+    (a stage-wise row) becomes `data.ranking_file`, set after the overrides so that it wins."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -240,6 +319,8 @@ def row_config(overrides: Sequence[str], key: str, row: Row, conf_dir: Path = CO
             defaults.append(f"override /{name}: {value}")
         else:
             OmegaConf.update(values, name, value, merge=True, force_add=True)
+    if ranking_file is not None:
+        OmegaConf.update(values, "data.ranking_file", ranking_file, merge=True, force_add=True)
     body = OmegaConf.to_container(values)
     assert isinstance(body, dict)
     body[ROW_GROUP] = {"name": row.name, "key": key}
@@ -257,7 +338,8 @@ def write_row_configs(jobs: Sequence[Job], conf_dir: Path) -> Path:
     group = Path(conf_dir) / ROW_GROUP
     group.mkdir(parents=True, exist_ok=True)
     for job in {j.key: j for j in jobs}.values():
-        (group / f"{job.key}.yaml").write_text(row_config(job.overrides, job.key, job.row))
+        text = row_config(job.overrides, job.key, job.row, ranking_file=job.ranking_file)
+        (group / f"{job.key}.yaml").write_text(text)
     return Path(conf_dir)
 
 
@@ -483,6 +565,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a Hydra override for every row (repeatable): trainer=gpu, trainer.max_epochs=2",
     )
+    parser.add_argument(
+        "--retriever-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override for the retriever stage only (stage-wise tables, repeatable)",
+    )
     parser.add_argument("--launcher", choices=("local", "slurm"), help="run jobs via submitit")
     parser.add_argument(
         "--root",
@@ -497,12 +586,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_retrievers(
+    jobs: Sequence[Job],
+    extra: Sequence[str],
+    dry_run: bool = False,
+    call: Any = subprocess.call,
+) -> int:
+    """Stage 1 of a stage-wise table: run the pending retriever jobs the `jobs` read from, as
+    one multirun (per distinct seed set) in their shared directory; returns the exit status.
+    `extra`: every override the retriever sweep gets (`--override`, `--retriever-override`,
+    launcher)."""
+    retrievers = retriever_jobs(jobs)
+    pending = [r for r in retrievers if not r.done]
+    if not retrievers:
+        return 0
+    print(f"retriever stage: {len(retrievers) - len(pending)} done, {len(pending)} to run")
+    for job in retrievers:
+        state = "done" if job.done else "todo"
+        print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
+    status = 0
+    if pending:
+        base = retrievers[0].run_dir.parents[1]  # <root>/_retrievers/<data>/runs
+        conf_dir = write_row_configs(retrievers, base.parent / "conf")
+        for command in sweep_commands(retrievers, conf_dir, base, extra):
+            print("$ " + " ".join(command), flush=True)
+            if not dry_run:
+                status = call(command) or status
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_table_spec(args.table)
     seeds = list(range(args.seeds))
     extra = list(args.override)
-    jobs = plan_jobs(spec, args.data, seeds, extra, args.root)
+    retriever_extra = list(args.retriever_override)
+    jobs = plan_jobs(spec, args.data, seeds, extra, args.root, retriever_extra)
     base = Path(args.root) / spec.name / args.data
     launcher = [f"launcher={args.launcher}"] if args.launcher else []
     pending = [j for j in jobs if not j.done]
@@ -515,8 +634,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
     status = 0
     if pending and not args.collect_only:
+        # Stage 1 (stage-wise tables): the retrievers whose rankings the pending jobs read.
+        status = run_retrievers(
+            pending, [*extra, *retriever_extra, *launcher], args.dry_run, subprocess.call
+        )
+        blocked = [j for j in pending if j.retriever and not j.retriever.done]
+        if blocked and not args.dry_run:
+            print(
+                f"{len(blocked)} job(s) wait for a retriever run without "
+                f"{' and '.join(blocked[0].retriever.outputs)}; not run",  # type: ignore[union-attr]
+                file=sys.stderr,
+            )
+        ready = jobs if args.dry_run else [j for j in jobs if j not in blocked]
         conf_dir = write_row_configs(jobs, base / "conf")
-        for command in sweep_commands(jobs, conf_dir, base / "runs", [*extra, *launcher]):
+        for command in sweep_commands(ready, conf_dir, base / "runs", [*extra, *launcher]):
             print("$ " + " ".join(command), flush=True)
             if not args.dry_run:
                 status = subprocess.call(command) or status
