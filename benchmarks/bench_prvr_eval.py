@@ -6,9 +6,12 @@ extrapolates each stage to full scale in proportion to its work (encoding: video
 scoring: queries × videos), marked "extrapolated"; `--scale 1` measures the full size.
 Features are written to a BigFile first and read back through `PrvrDataModule`'s eval loaders,
 so reads are included. Encoding goes through `PrvrLitModule.validation_step` (the code the
-Trainer runs); scoring through the model's `score_queries` + `chunked_ranks`
-(what `PrvrLitModule` runs at epoch end). fp32 and bf16 autocast
-each run in their own child process (own peak RSS).
+Trainer runs, loaders yielding longest first); scoring through
+`PrvrLitModule.score_eval_store` (what every evaluation epoch ends with: `score_queries` +
+`chunked_ranks`). Configurations (`model.evaluation.precision` / `index_dtype`): `fp32`
+(fp32 index), `fp32-fp16index` (the default: fp16 index, fp32 accumulation) and
+`bf16-fp16index` (a bf16 copy of the net encodes); each runs in its own child process (own
+peak RSS).
 
     .venv/bin/python benchmarks/bench_prvr_eval.py                   # 0.25 × TVR
     .venv/bin/python benchmarks/bench_prvr_eval.py --scale 1         # full TVR size
@@ -18,7 +21,6 @@ each run in their own child process (own peak RSS).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import subprocess
@@ -37,19 +39,16 @@ from msl_layout import LayoutSpec, write_layout
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.metrics.retrieval import chunked_ranks, recall_at_k
 from partial_relevance.models.prvr import PrvrBaseModel
 
 TVR_VIDEOS = 2179
 TVR_QUERIES = 10895
-CONFIGS = ("fp32", "bf16")
-
-
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+# config -> (model.evaluation.precision, model.evaluation.index_dtype)
+CONFIGS = {
+    "fp32": ("fp32", "float32"),
+    "fp32-fp16index": ("fp32", "float16"),  # the default
+    "bf16-fp16index": ("bf16", "float16"),
+}
 
 
 def encode(lit: PrvrLitModule, loader, dataloader_idx: int) -> tuple[float, float, int]:
@@ -85,27 +84,24 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     dm.setup("validate")
     assert dm.corpus is not None
     net = PrvrBaseModel(dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden)
-    lit = PrvrLitModule(net, optimizer=functools.partial(BertAdamW, lr=2.5e-4))
+    precision, index_dtype = CONFIGS[args.config]
+    lit = PrvrLitModule(
+        net,
+        optimizer=functools.partial(BertAdamW, lr=2.5e-4),
+        evaluation={"precision": precision, "index_dtype": index_dtype},
+    )
     lit.eval()
     videos_loader, queries_loader = dm.eval_dataloaders("val")
-    with torch.no_grad(), autocast(args.config):
+    with torch.no_grad():
+        lit.on_validation_epoch_start()
         video_s, video_read_s, n_videos = encode(lit, videos_loader, 0)
         query_s, _, n_queries = encode(lit, queries_loader, 1)
+        index = {k: v[0] for k, v in lit._eval_store.items() if k.startswith("index/")}
         start = time.perf_counter()
-        store = lit._eval_store  # what validation_step filled, in loader order (no shuffle)
-        index = {k.split("/", 1)[1]: torch.cat(v) for k, v in store.items() if "/" in k}
-        query, positive = torch.cat(store["query"]), torch.cat(store["query_video"])
-        alpha = lit.eval_cfg["alpha"]
-        ranks = chunked_ranks(
-            lambda rows: lit.net.score_queries(query[rows], index, alpha),
-            positive,
-            len(query),
-            lit.eval_cfg["chunk"],
-        )
-        metrics = recall_at_k(ranks)
+        metrics = lit.score_eval_store()  # what every evaluation epoch ends with
         score_s = time.perf_counter() - start
     per_video_elems = sum(t[0].numel() for t in index.values())  # index tensors, one video
-    dtype = index["clips"].dtype
+    dtype = index["index/clips"].dtype
     return {
         "config": args.config,
         "videos": n_videos,
@@ -149,7 +145,7 @@ def child_command(args: argparse.Namespace, root: Path, config: str) -> list[str
     """Re-invoke this script for one precision."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", config]
     command += ["--root", str(root), "--collection", args.collection, "--feature", args.feature]
-    for name in ("split", "eval_batch", "num_workers", "hidden", "seed"):
+    for name in ("split", "eval_batch", "num_workers", "hidden", "seed", "threads"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return command
 
@@ -174,14 +170,17 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=256, help="eval loader batch size")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}"
+        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(run_child(args)))
         return
@@ -189,7 +188,7 @@ def main() -> None:
     machine = machine_facts()
     configs = [c for c in args.configs.split(",") if c]
     if set(configs) - set(CONFIGS):
-        parser.error(f"unknown configs {configs}; choose from {CONFIGS}")
+        parser.error(f"unknown configs {configs}; choose from {list(CONFIGS)}")
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_prvr_eval_") as tmp:
         root = args.root

@@ -172,19 +172,29 @@ def encode_prvr_split(
     net = module.net
     videos, queries = datamodule.eval_dataloaders(split)
     out: dict[str, list[Tensor]] = {}
+    video_index: list[Tensor] = []
+    query_index: list[Tensor] = []
     for batch in videos:
         enc = net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
+        video_index.append(batch["video_index"])
         out.setdefault("clips", []).append(enc.clips)
         if enc.video is not None:
             out.setdefault("video", []).append(enc.video)
         for key, value in net.index_videos(enc).items():
             out.setdefault(f"index/{key}", []).append(value)
     for batch in queries:
+        query_index.append(batch["query_index"])
         out.setdefault("query", []).append(
             net.encode_queries(batch["query_tokens"], batch["query_mask"])
         )
         out.setdefault("query_video", []).append(batch["video_index"])
-    return {key: torch.cat(values) for key, values in out.items()}
+    # Loaders may yield items in any order (longest first): put rows back in split order.
+    video_order = torch.argsort(torch.cat(video_index))
+    query_order = torch.argsort(torch.cat(query_index))
+    return {
+        key: torch.cat(values)[query_order if key.startswith("query") else video_order]
+        for key, values in out.items()
+    }
 
 
 def prvr_scores(module: pl.LightningModule, encoded: Mapping[str, Tensor]) -> Tensor:

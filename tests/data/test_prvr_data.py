@@ -126,3 +126,27 @@ def test_caption_video_without_features(tiny_corpus, tmp_path):
     corpus = PrvrCorpus(root, COLLECTION, PRVR_FEATURE)
     with pytest.raises(DataError, match="'ghost'.*has no features"):
         corpus.load_split("val")
+
+
+def test_eval_loaders_yield_longest_first_and_every_item_once(tiny_corpus):
+    dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), eval_batch_size=5)
+    dm.setup("validate")
+    assert dm.corpus is not None
+    split = dm.splits["val"]
+    frames = [dm.corpus.video_store.length(v) for v in split.video_ids]
+    assert frames == [len(dm.corpus.video_store.get(v)) for v in split.video_ids]  # no read
+    tokens = [dm.corpus.query_store.length(q.query_id) for q in split.queries]
+    assert tokens == [len(dm.corpus.query_store.get(q.query_id)) for q in split.queries]
+    videos, queries = dm.val_dataloader()
+    seen = [(i, int(m.sum())) for b in videos for i, m in zip(b["video_index"], b["frame_mask"])]
+    assert sorted(int(i) for i, _ in seen) == list(range(len(split.video_ids)))
+    lengths = [n for _, n in seen]
+    assert lengths == sorted(lengths, reverse=True)  # longest first: least padding
+    order = [int(i) for b in queries for i in b["query_index"]]
+    assert sorted(order) == list(range(len(split.queries)))
+    unsorted = PrvrDataModule(
+        root=str(tiny_corpus.prvr_root), eval_batch_size=5, sort_eval_by_length=False
+    )
+    unsorted.setup("validate")
+    plain = [int(i) for b in unsorted.val_dataloader()[0] for i in b["video_index"]]
+    assert plain == list(range(len(split.video_ids)))

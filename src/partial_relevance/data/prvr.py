@@ -139,32 +139,54 @@ class PrvrTrainDataset(Dataset):
         }
 
 
-class PrvrVideoDataset(Dataset):
-    """Evaluation side: every video of a split, once."""
+def length_order(lengths: list[int | None]) -> list[int] | None:
+    """Positions sorted longest first (stable), or None when any length is unknown.
 
-    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
+    Evaluation batches of similar lengths carry little padding; longest first puts the
+    largest batch at the start, so a memory limit shows at once.
+    """
+    if any(n is None for n in lengths):
+        return None
+    return sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))  # type: ignore[arg-type]
+
+
+class PrvrVideoDataset(Dataset):
+    """Evaluation side: every video of a split, once, in `order` (default: split order).
+
+    Items carry their split position as `video_index`, so consumers never depend on order.
+    """
+
+    def __init__(
+        self, corpus: PrvrCorpus, split: PrvrSplit, order: list[int] | None = None
+    ) -> None:
         self.corpus = corpus
         self.split = split
+        self.order = order
 
     def __len__(self) -> int:
         return len(self.split.video_ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = position if self.order is None else self.order[position]
         moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
         return {"video_index": index, "moments": moments, "frames": frames, "queries": []}
 
 
 class PrvrQueryDataset(Dataset):
-    """Evaluation side: every query of a split, with its GT video index."""
+    """Evaluation side: every query of a split, with its GT video index, in `order`."""
 
-    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
+    def __init__(
+        self, corpus: PrvrCorpus, split: PrvrSplit, order: list[int] | None = None
+    ) -> None:
         self.corpus = corpus
         self.split = split
+        self.order = order
 
     def __len__(self) -> int:
         return len(self.split.queries)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        index = position if self.order is None else self.order[position]
         return {
             "query_index": index,
             "video_index": int(self.split.query_video[index]),
@@ -258,7 +280,10 @@ class PrvrDataModule(pl.LightningDataModule):
         seed: int = 0,
         synthetic: dict[str, Any] | None = None,
         cache_dir: str | None = None,
+        sort_eval_by_length: bool = True,
     ) -> None:
+        """`sort_eval_by_length`: evaluation loaders yield videos / queries longest first
+        (about 30 % less padding on TVR; the scores do not depend on the order)."""
         super().__init__()
         if select_on not in ("val", "train_holdout"):
             raise ValueError(f"data.select_on must be 'val' or 'train_holdout', got {select_on!r}")
@@ -283,8 +308,10 @@ class PrvrDataModule(pl.LightningDataModule):
         self.seed = seed
         self.synthetic = None if synthetic is None else SyntheticConfig(**synthetic)
         self.cache_dir = cache_dir
+        self.sort_eval_by_length = sort_eval_by_length
         self.corpus: PrvrCorpus | None = None
         self.splits: dict[str, PrvrSplit] = {}
+        self._eval_orders: dict[str, tuple[list[int] | None, list[int] | None]] = {}
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -337,14 +364,39 @@ class PrvrDataModule(pl.LightningDataModule):
         if split not in self.splits:
             raise DataError(self.corpus.caption_path(self.split_names[split]), "split not found")
         data = self.splits[split]
+        video_order, query_order = self.eval_orders(split)
         return [
             self._loader(
-                PrvrVideoDataset(self.corpus, data), self.eval_batch_size, False, collate_videos
+                PrvrVideoDataset(self.corpus, data, video_order),
+                self.eval_batch_size,
+                False,
+                collate_videos,
             ),
             self._loader(
-                PrvrQueryDataset(self.corpus, data), self.eval_batch_size, False, collate_queries
+                PrvrQueryDataset(self.corpus, data, query_order),
+                self.eval_batch_size,
+                False,
+                collate_queries,
             ),
         ]
+
+    def eval_orders(self, split: str) -> tuple[list[int] | None, list[int] | None]:
+        """Video and query orders of a split's evaluation loaders: longest first when
+        `sort_eval_by_length` and the stores know lengths without reads, else split order."""
+        if not self.sort_eval_by_length:
+            return None, None
+        if split not in self._eval_orders:
+            assert self.corpus is not None
+            data = self.splits[split]
+            max_frames = self.preprocess["max_frames"]
+            max_words = self.preprocess["max_words"]
+            frames = [self.corpus.video_store.length(v) for v in data.video_ids]
+            tokens = [self.corpus.query_store.length(q.query_id) for q in data.queries]
+            self._eval_orders[split] = (
+                length_order([None if n is None else min(n, max_frames) for n in frames]),
+                length_order([None if n is None else min(n, max_words) for n in tokens]),
+            )
+        return self._eval_orders[split]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders("val")

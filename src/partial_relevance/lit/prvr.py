@@ -7,6 +7,7 @@ the evaluation split at epoch end.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,14 @@ DEFAULT_TCP = {
     "ratio": 0.25,  # β_r
     "weight": 1.0,  # λ₅
 }
-DEFAULT_EVAL = {"alpha": 0.7, "chunk": 1024}  # α of Eq. 14
+DEFAULT_EVAL = {
+    "alpha": 0.7,  # α of Eq. 14
+    "chunk": 1024,  # query rows scored at once
+    "precision": "fp32",  # encoding precision: fp32 | bf16 (a bf16 copy of the net)
+    "index_dtype": "float16",  # stored per-video index; scoring upcasts it, fp32 accumulation
+}
+EVAL_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+INDEX_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _merged(defaults: dict, given: dict | None) -> dict:
@@ -94,6 +102,16 @@ class PrvrLitModule(pl.LightningModule):
         self.irm_cfg = _merged(DEFAULT_IRM, irm)
         self.tcp_cfg = _merged(DEFAULT_TCP, tcp)
         self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
+        if self.eval_cfg["precision"] not in EVAL_PRECISIONS:
+            raise ValueError(
+                f"model.evaluation.precision must be one of {sorted(EVAL_PRECISIONS)}, "
+                f"got {self.eval_cfg['precision']!r}"
+            )
+        if self.eval_cfg["index_dtype"] not in INDEX_DTYPES:
+            raise ValueError(
+                f"model.evaluation.index_dtype must be one of {sorted(INDEX_DTYPES)}, "
+                f"got {self.eval_cfg['index_dtype']!r}"
+            )
         self.warmup_fraction = warmup_fraction
         self.weight_decay = weight_decay
         dim = net.hidden_dim
@@ -104,6 +122,9 @@ class PrvrLitModule(pl.LightningModule):
             self.tcp_frame = TcpClassifier(dim, self.tcp_cfg["groups"])
             self.tcp_clip = TcpClassifier(dim, self.tcp_cfg["groups"])
         self._eval_store: dict[str, list] = {}
+        # The reduced-precision copy of `net` used for one evaluation pass (a plain dict, so
+        # it is neither a submodule nor in checkpoints).
+        self._eval_nets: dict[str, nn.Module] = {}
 
     # ------------------------------------------------------------------ training
     def training_losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -248,19 +269,38 @@ class PrvrLitModule(pl.LightningModule):
         return terms["loss"]
 
     # ---------------------------------------------------------------- evaluation
+    def eval_net(self) -> nn.Module:
+        """The net that encodes the evaluation corpus: `net` itself in fp32, else a copy cast
+        to `evaluation.precision` (made once per evaluation pass, dropped at its end)."""
+        dtype = EVAL_PRECISIONS[self.eval_cfg["precision"]]
+        if dtype == torch.float32:
+            return self.net
+        if "net" not in self._eval_nets:
+            self._eval_nets["net"] = copy.deepcopy(self.net).to(dtype).eval()
+        return self._eval_nets["net"]
+
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
-        """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1)."""
+        """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1).
+
+        Video indices are stored in `evaluation.index_dtype` (fp16 by default: half the
+        memory, and scoring upcasts to fp32); query vectors in fp32.
+        """
         store = self._eval_store
+        net = self.eval_net()
+        dtype = EVAL_PRECISIONS[self.eval_cfg["precision"]]
+        if dtype != torch.float32:
+            batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
         if dataloader_idx == 0:
-            enc = self.net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
+            enc = net.encode_videos(batch["moments"], batch["frames"], batch["frame_mask"])
             store.setdefault("video_index", []).append(batch["video_index"])
-            for key, value in self.net.index_videos(enc).items():
-                store.setdefault(f"index/{key}", []).append(value)
+            index_dtype = INDEX_DTYPES[self.eval_cfg["index_dtype"]]
+            for key, value in net.index_videos(enc).items():
+                store.setdefault(f"index/{key}", []).append(value.to(index_dtype))
         else:
-            q = self.net.encode_queries(batch["query_tokens"], batch["query_mask"])
+            q = net.encode_queries(batch["query_tokens"], batch["query_mask"])
             store.setdefault("query_index", []).append(batch["query_index"])
             store.setdefault("query_video", []).append(batch["video_index"])
-            store.setdefault("query", []).append(q)
+            store.setdefault("query", []).append(q.float())
 
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -275,7 +315,7 @@ class PrvrLitModule(pl.LightningModule):
         with the DistributedSampler's padding duplicates removed."""
         values = torch.cat(self._eval_store[key])
         index = torch.cat(self._eval_store[index_key])
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             values = self.all_gather(values).flatten(0, 1)
             index = self.all_gather(index).flatten(0, 1)
         order = torch.argsort(index, stable=True)
@@ -284,26 +324,44 @@ class PrvrLitModule(pl.LightningModule):
         keep[1:] = index[1:] != index[:-1]
         return values[keep]
 
-    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
-        """Score the full query × video matrix in query chunks; log R@k and SumR."""
+    def score_eval_store(self) -> dict[str, float]:
+        """R@k / SumR of the corpus encoded so far; empties the store. What every evaluation
+        epoch ends with."""
+        ranks = self.eval_ranks()
+        return {} if ranks is None else recall_at_k(ranks)
+
+    def eval_ranks(self) -> Tensor | None:
+        """1-based rank of each query's GT video [Q] (split order) over the corpus encoded so
+        far (full query × video matrix, scored in query chunks); empties the store. None when
+        nothing was encoded."""
         if not self._eval_store.get("query"):
-            return {}
+            return None
         keys = [k for k in self._eval_store if k.startswith("index/")]
         index = {k.split("/", 1)[1]: self._gathered(k, "video_index") for k in keys}
         query = self._gathered("query", "query_index")
         positive = self._gathered("query_video", "query_index")
         self._eval_store = {}
+        self._eval_nets = {}
         alpha = self.eval_cfg["alpha"]
-        ranks = chunked_ranks(
+        return chunked_ranks(
             lambda rows: self.net.score_queries(query[rows], index, alpha),
             positive,
             len(query),
             self.eval_cfg["chunk"],
         )
-        metrics = recall_at_k(ranks)
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        """Score the evaluation corpus and log R@k and SumR under `prefix`."""
+        metrics = self.score_eval_store()
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("R@1", "SumR"))
         return metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_nets = {}  # a fresh reduced-precision copy of this epoch's weights
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_nets = {}
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")

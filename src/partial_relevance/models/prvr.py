@@ -101,6 +101,8 @@ class PrvrBaseModel(nn.Module):
         self.frame_projection = FeatureProjection(video_dim, hidden_dim, dropout)
         self.frame_encoder = encoder(max_frames)
         self.frame_pooling = AdditivePooling(hidden_dim)
+        # Bound on the largest intermediate of `score_queries` (elements per video block).
+        self.score_block_elements = 2**25
 
     def encode_queries(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens [n, N, Dq], mask [n, N] -> sentence features q [n, D]."""
@@ -153,10 +155,23 @@ class PrvrBaseModel(nn.Module):
         return {"clips": l2_normalize(enc.clips), "video": l2_normalize(enc.video)}
 
     def score_queries(self, q: Tensor, index: dict[str, Tensor], alpha: float) -> Tensor:
-        """Eq. 14: S = α·S_m + (1 − α)·S_v on cosine similarities -> [n, b]."""
-        q = l2_normalize(q)
-        moment = torch.einsum("nd,btd->nbt", q, index["clips"]).amax(-1)
-        return alpha * moment + (1 - alpha) * q @ index["video"].T
+        """Eq. 14: S = α·S_m + (1 − α)·S_v on cosine similarities -> [n, b].
+
+        The index may be stored in a narrower dtype (fp16): each block of videos is upcast to
+        the query's dtype, so products accumulate in fp32, and no intermediate exceeds
+        `score_block_elements` elements ([n, blk, Tm]).
+        """
+        q = l2_normalize(q)  # [n, D]
+        clips, video = index["clips"], index["video"]  # [b, Tm, D], [b, D]
+        n, (b, num_clips, dim) = q.shape[0], clips.shape
+        block = max(1, self.score_block_elements // max(1, n * num_clips))
+        out = q.new_empty(n, b)
+        for start in range(0, b, block):
+            rows = slice(start, start + block)
+            block_clips = clips[rows].to(q.dtype).reshape(-1, dim)  # [blk·Tm, D]
+            moment = (q @ block_clips.T).view(n, -1, num_clips).amax(-1)  # [n, blk]
+            out[:, rows] = alpha * moment + (1 - alpha) * q @ video[rows].to(q.dtype).T
+        return out
 
 
 class IrmProjection(nn.Module):
@@ -264,7 +279,6 @@ class MsslBaseModel(PrvrBaseModel):
         weights, spans = multiscale_proposal_weights(num_moments)
         self.register_buffer("proposal_weights", weights, persistent=False)  # [P, Tm]
         self.register_buffer("proposal_spans", spans, persistent=False)  # [P, 2]
-        # Bound on the largest intermediate of `score_queries` (elements per video block).
         self.score_block_elements = score_block_elements
 
     @property
@@ -381,7 +395,7 @@ class MsslBaseModel(PrvrBaseModel):
         ([n, blk, P], [blk, P, Tf], [n, blk, D]) under `score_block_elements` elements.
         """
         q = l2_normalize(q)  # [n, D]
-        clips, frames = index["clips"], index["frames"]
+        clips, frames = index["clips"], index["frames"]  # any float dtype: upcast per block
         mask = index["frame_mask"].bool()
         n, b = q.shape[0], clips.shape[0]
         width = max(self.num_proposals, frames.shape[1], q.shape[1])
@@ -389,10 +403,12 @@ class MsslBaseModel(PrvrBaseModel):
         out = q.new_empty(n, b)
         for start in range(0, b, block):
             rows = slice(start, start + block)
-            proposals = self.multiscale_proposals(clips[rows])  # [blk, P, D]
-            cos = self._proposal_scores(q, clips[rows], proposals, "cos")  # [n, blk, P]
+            block_clips = clips[rows].to(q.dtype)  # [blk, Tm, D]
+            proposals = self.multiscale_proposals(block_clips)  # [blk, P, D]
+            cos = self._proposal_scores(q, block_clips, proposals, "cos")  # [n, blk, P]
             moment, key = cos.max(dim=-1)  # [n, blk]
-            guided = l2_normalize(self.key_clip_guided(proposals, frames[rows], mask[rows]))
+            block_frames = frames[rows].to(q.dtype)
+            guided = l2_normalize(self.key_clip_guided(proposals, block_frames, mask[rows]))
             videos = torch.arange(guided.shape[0], device=q.device)
             video = torch.einsum("nd,nbd->nb", q, guided[videos[None, :], key])  # [n, blk]
             out[:, rows] = alpha * moment + (1 - alpha) * video

@@ -44,6 +44,14 @@ class FeatureStore(ABC):
             raise DataError(self.path, f"key {key!r} not found in feature store") from None
         return np.asarray(array, dtype=np.float32)
 
+    def length(self, key: str) -> int | None:
+        """Rows stored under `key` (frames, clips or tokens) when known without reading it.
+
+        Stores that know their shapes (BigFile, HDF5) answer, so loaders can order items by
+        length (less padding per batch) at no I/O cost; the default, None, means unknown.
+        """
+        return None
+
     def check_dim(self, expected_dim: int | None, what: str = "feature") -> None:
         """Raise DataError when the store's dim differs from the configured one."""
         if expected_dim is not None and self.dim != expected_dim:

@@ -92,6 +92,12 @@ class BigFileStore(FeatureStore):
     def __contains__(self, key: str) -> bool:
         return key in self._rows
 
+    def length(self, key: str) -> int:
+        """Frames of `key` from video2frames.txt (no read)."""
+        if key not in self._rows:
+            raise DataError(self.path, f"key {key!r} not found in feature store")
+        return len(self._rows[key])
+
     def _get(self, key: str) -> np.ndarray:
         rows = self._rows[key]
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):

@@ -64,6 +64,13 @@ class Hdf5Store(FeatureStore):
     def _get(self, key: str) -> np.ndarray:
         return self._root()[key][()]  # h5py raises KeyError for an absent key
 
+    def length(self, key: str) -> int:
+        """Rows of dataset `key` from its shape (no read)."""
+        try:
+            return int(self._root()[key].shape[0])
+        except KeyError:
+            raise DataError(self.path, f"key {key!r} not found in feature store") from None
+
     def get_mask(self, key: str) -> np.ndarray | None:
         """The `key-mask` dataset (1 where a subtitle overlaps the clip), or None if absent."""
         root = self._root()
