@@ -13,6 +13,9 @@ from partial_relevance.inference.spans import decode_top_spans, span_scores
 from partial_relevance.inference.vcmr import (
     UniformLocalizer,
     VcmrInferenceConfig,
+    VideoCache,
+    _gt_logits,
+    _localize_pairs,
     boundary_log_probs,
     flat_vcmr_metrics,
     run_vcmr,
@@ -173,3 +176,48 @@ def test_pipeline_in_process_round_trips(tmp_path, synthetic_cache, tiny_corpus)
         assert metrics[key] == pytest.approx(value, abs=1e-4), key
     assert "val/VCMR_selection" in metrics and "val/SVMR_R@1 IoU0.7_vt" in metrics
     assert set(result["random"]) == set(in_memory)
+
+
+def test_grouped_localization_and_reused_gt_logits_change_nothing(datamodule):
+    """Length-grouped localizer calls and the SVMR pass reusing a top-k row give the logits
+    (and predictions) of localizing every pair on its own."""
+    net = tiny_net()
+    cache = VideoCache.build(net, datamodule.video_loader("val"), "cpu")
+    batch = next(iter(datamodule.query_loader("val")))
+    queries = net.encode_queries(batch["query_tokens"], batch["query_mask"])
+    topk = batch["topk_video"][:, :10]
+    b, k = topk.shape
+    pair_query = torch.arange(b).repeat_interleave(k)
+    one_by_one = _localize_pairs(net, cache, queries, pair_query, topk.flatten(), group=1)
+    grouped = _localize_pairs(net, cache, queries, pair_query, topk.flatten(), group=7)
+    for a, g in zip(one_by_one, grouped):
+        torch.testing.assert_close(a, g, atol=1e-5, rtol=1e-5)
+    gt = batch["video_index"]
+    labelled = torch.arange(b)
+    assert (topk == gt[:, None]).any(1).any() and not (topk == gt[:, None]).any(1).all()
+    reused = _gt_logits(net, cache, queries, labelled, gt, topk, *grouped, group=64)
+    direct = _localize_pairs(net, cache, queries, labelled, gt, group=64)
+    width = direct[2].shape[1]
+    assert not reused[2][:, width:].any()
+    torch.testing.assert_close(reused[2][:, :width], direct[2])
+    for a, d in zip(reused[:2], direct[:2]):
+        valid = direct[2]
+        torch.testing.assert_close(a[:, :width][valid], d[valid], atol=1e-5, rtol=1e-5)
+    cfg = VcmrInferenceConfig(k_videos=10)
+    small = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10, pair_group=1))
+    default = run_vcmr(net, datamodule, "val", cfg)
+    for desc_id, rows in default.svmr.items():
+        np.testing.assert_allclose(rows[:, :3], small.svmr[desc_id][:, :3], atol=1e-6)
+
+
+def test_bf16_inference_agrees_with_fp32(datamodule):
+    """`inference.precision=bf16` (a bf16 copy and bf16 cache) keeps the fp32 weights and
+    puts most queries' best moment in the same video as fp32 does."""
+    net = tiny_net()
+    fp32 = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10))
+    bf16 = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10, precision="bf16"))
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    same_video = [bf16.vcmr[d][0, 0] == rows[0, 0] for d, rows in fp32.vcmr.items()]
+    assert np.mean(same_video) >= 0.8
+    with pytest.raises(ValueError, match="precision"):
+        VcmrInferenceConfig(precision="fp8")

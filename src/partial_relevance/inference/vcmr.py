@@ -24,6 +24,7 @@ localizer baseline, run through the very same pipeline on the same retrieved vid
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "VideoCache",
     "boundary_log_probs",
     "flat_vcmr_metrics",
+    "inference_net",
+    "net_dtype",
     "predict_queries",
     "run_vcmr",
     "split_desc_ids",
@@ -54,6 +57,24 @@ __all__ = [
 ]
 
 NORMS = ("joint", "per_video")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def net_dtype(net: nn.Module) -> torch.dtype:
+    """The floating dtype of a net's parameters (float32 for a parameter-free baseline)."""
+    for parameter in net.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def inference_net(net: nn.Module, precision: str = "fp32") -> nn.Module:
+    """`net` itself for fp32, else an eval-mode copy cast to `precision` (the trained fp32
+    weights stay untouched)."""
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32 or not any(True for _ in net.parameters()):
+        return net
+    return copy.deepcopy(net).to(dtype).eval()
 
 
 @dataclass(frozen=True)
@@ -69,12 +90,20 @@ class VcmrInferenceConfig:
     nms_iou: float | None = 0.7  # SPEC §6.4
     out_n: int = 100  # SPEC §6.4 / §7: predictions a query
     clip_seconds: float = CLIP_SECONDS  # SPEC §1.3
-    query_chunk: int = 16  # queries localized at once (× k_videos pairs)
-    svmr: bool = True  # also decode SVMR (one more localize pass on the GT video)
+    query_chunk: int = 64  # queries localized at once (× k_videos pairs)
+    pair_group: int = 64  # pairs per localizer call, grouped by video length (less padding)
+    svmr: bool = True  # also decode SVMR (GT video; its logits reused when it is in the top k)
+    precision: str = "fp32"  # fp32 | bf16: localizer and video cache in bf16 (CPU bf16 units)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"inference.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"inference.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.pair_group < 1 or self.query_chunk < 1:
+            raise ValueError("inference.pair_group and inference.query_chunk must be >= 1")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> VcmrInferenceConfig:
@@ -119,10 +148,11 @@ class VideoCache:
     ) -> VideoCache:
         """Encode the batches of a `collate_localizer_videos` loader (index order) once."""
         chunks, index, durations, scales = [], [], [], []
+        dtype = net_dtype(net)  # a bf16 net encodes (and caches) in bf16
         for batch in batches:
             enc = net.encode_videos(
-                batch["visual"].to(device),
-                batch["subtitle"].to(device),
+                batch["visual"].to(device, dtype),
+                batch["subtitle"].to(device, dtype),
                 batch["clip_mask"].to(device),
                 batch["sub_mask"].to(device),
             )
@@ -198,11 +228,77 @@ def boundary_log_probs(
 
 
 def _localize_pairs(
-    net: nn.Module, cache: VideoCache, queries: Mapping, pair_query: Tensor, pair_video: Tensor
+    net: nn.Module,
+    cache: VideoCache,
+    queries: Mapping,
+    pair_query: Tensor,
+    pair_video: Tensor,
+    group: int = 64,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Start / end logits and clip mask `[P, L']` of P (query, video) pairs from the cache."""
-    out = net.localize(cache.pairs(pair_video), index_encoding(dict(queries), pair_query))
-    return out["start"], out["end"], out["clip_mask"]
+    """Start / end logits (fp32) and clip mask `[P, L']` of P (query, video) pairs.
+
+    Pairs run `group` at a time in order of video length, each group trimmed to its own
+    longest video: padding clips are masked everywhere in the localizer (attention keys, the
+    zeroed convolution inputs), so trimming changes no logit and saves the padded compute.
+    """
+    P = len(pair_video)
+    lengths = cache.num_clips[pair_video]  # [P]
+    L = int(lengths.max().clamp_min(1)) if P else 1
+    start = torch.zeros(P, L, device=lengths.device)
+    end = torch.zeros(P, L, device=lengths.device)
+    mask = torch.zeros(P, L, dtype=torch.bool, device=lengths.device)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    queries = dict(queries)
+    for lo in range(0, P, group):
+        rows = order[lo : lo + group]
+        out = net.localize(cache.pairs(pair_video[rows]), index_encoding(queries, pair_query[rows]))
+        width = out["start"].shape[1]
+        start[rows, :width] = out["start"].float()
+        end[rows, :width] = out["end"].float()
+        mask[rows, :width] = out["clip_mask"]
+    return mask_logits(start, mask), mask_logits(end, mask), mask
+
+
+def _gt_logits(
+    net: nn.Module,
+    cache: VideoCache,
+    queries: Mapping,
+    labelled: Tensor,
+    gt: Tensor,
+    topk: Tensor,
+    start: Tensor,
+    end: Tensor,
+    mask: Tensor,
+    group: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits `[n, L]` of each labelled query (chunk rows `labelled`) on its GT video `gt`.
+
+    A pair's logits do not depend on the other videos (only the normalisation does), so a GT
+    video among the query's top k reuses the VCMR pass's row (`start`, `end`, `mask`
+    `[b·k, L]`, `topk [b, k]`); only the others are localized.
+    """
+    k = topk.shape[1]
+    hit = topk[labelled] == gt[:, None]  # [n, k]
+    found = hit.any(1)
+    slot = labelled * k + hit.float().argmax(1)  # row of the VCMR pass when found
+    missing = torch.nonzero(~found).flatten()
+    width = start.shape[1]
+    if len(missing):
+        extra = _localize_pairs(net, cache, queries, labelled[missing], gt[missing], group)
+        width = max(width, extra[0].shape[1])
+    n = len(labelled)
+    out_start = mask_logits(start.new_zeros(n, width), start.new_zeros(n, width, dtype=bool))
+    out_end, out_mask = out_start.clone(), mask.new_zeros(n, width)
+    reused = torch.nonzero(found).flatten()
+    L = start.shape[1]
+    out_start[reused, :L], out_end[reused, :L] = start[slot[reused]], end[slot[reused]]
+    out_mask[reused, :L] = mask[slot[reused]]
+    if len(missing):
+        e_start, e_end, e_mask = extra
+        Le = e_start.shape[1]
+        out_start[missing, :Le], out_end[missing, :Le] = e_start, e_end
+        out_mask[missing, :Le] = e_mask
+    return out_start, out_end, out_mask
 
 
 @torch.no_grad()
@@ -219,7 +315,7 @@ def predict_queries(
     an unlabelled query or with `cfg.svmr` off), `vr` `[k_rank, 2]` `(video_idx, score)`.
     """
     device = cache.num_clips.device
-    tokens = batch["query_tokens"].to(device)
+    tokens = batch["query_tokens"].to(device, net_dtype(net))
     token_mask = batch["query_mask"].to(device)
     k = min(cfg.k_videos, batch["topk_video"].shape[1])
     topk = batch["topk_video"][:, :k].to(device)  # [B, k]
@@ -233,7 +329,9 @@ def predict_queries(
         b = rows.stop - rows.start
         queries = net.encode_queries(tokens[rows], token_mask[rows])
         pair_query = torch.arange(b, device=device).repeat_interleave(k)  # [b·k]
-        start, end, mask = _localize_pairs(net, cache, queries, pair_query, topk[rows].flatten())
+        start, end, mask = _localize_pairs(
+            net, cache, queries, pair_query, topk[rows].flatten(), cfg.pair_group
+        )
         L = start.shape[-1]
         log_st, log_ed = boundary_log_probs(
             start.view(b, k, L), end.view(b, k, L), mask.view(b, k, L), cfg.norm
@@ -257,7 +355,9 @@ def predict_queries(
         labelled = torch.nonzero(gt_video[rows] >= 0).flatten()  # [n] within the chunk
         if cfg.svmr and len(labelled):
             gt = gt_video[rows][labelled]  # [n]
-            start, end, mask = _localize_pairs(net, cache, queries, labelled, gt)
+            start, end, mask = _gt_logits(
+                net, cache, queries, labelled, gt, videos, start, end, mask, cfg.pair_group
+            )
             log_st, log_ed = boundary_log_probs(
                 start[:, None], end[:, None], mask[:, None], "per_video"
             )
@@ -363,11 +463,12 @@ def run_vcmr(
     was_training = net.training
     net.eval()
     try:
-        cache = VideoCache.build(net, datamodule.video_loader(split), device)
+        runner = inference_net(net, cfg.precision)
+        cache = VideoCache.build(runner, datamodule.video_loader(split), device)
         index: list[int] = []
         merged: dict[str, list] = {"vcmr": [], "svmr": [], "vr": []}
         for batch in datamodule.query_loader(split):
-            out = predict_queries(net, cache, batch, cfg)
+            out = predict_queries(runner, cache, batch, cfg)
             index.extend(batch["query_index"].tolist())
             for key in merged:
                 merged[key].extend(out[key])

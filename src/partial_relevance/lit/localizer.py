@@ -46,6 +46,7 @@ from partial_relevance.inference.vcmr import (
     VideoCache,
     collect_predictions,
     flat_vcmr_metrics,
+    inference_net,
     predict_queries,
     run_vcmr,
 )
@@ -86,6 +87,9 @@ class PremLocalizerLitModule(pl.LightningModule):
         self.inference_cfg = VcmrInferenceConfig.from_mapping(inference)
         self.export_splits = tuple(export_splits)
         self._cache: VideoCache | None = None
+        # The net one evaluation pass runs (its reduced-precision copy, if any), in a plain
+        # dict so it is never a submodule (nor in checkpoints).
+        self._eval_nets: dict[str, torch.nn.Module] = {}
         self._eval_split: str | None = None
         self._eval_out: dict[str, list] = {}
         self.last_predictions: VcmrPredictions | None = None
@@ -166,8 +170,9 @@ class PremLocalizerLitModule(pl.LightningModule):
         """Encode every video of `split` once (query-independent, reused by every query)."""
         was_training = self.net.training
         self.net.eval()
+        self._eval_nets = {"net": inference_net(self.net, self.inference_cfg.precision)}
         self._cache = VideoCache.build(
-            self.net, self._datamodule().video_loader(split), self.device
+            self._eval_nets["net"], self._datamodule().video_loader(split), self.device
         )
         self.net.train(was_training)
         self._eval_split = split
@@ -175,7 +180,8 @@ class PremLocalizerLitModule(pl.LightningModule):
 
     def _eval_step(self, batch: Mapping[str, Tensor]) -> None:
         assert self._cache is not None
-        out = predict_queries(self.net, self._cache, batch, self.inference_cfg)
+        net = self._eval_nets.get("net", self.net)
+        out = predict_queries(net, self._cache, batch, self.inference_cfg)
         self._eval_out["index"].extend(batch["query_index"].tolist())
         for key in ("vcmr", "svmr", "vr"):
             self._eval_out[key].extend(out[key])
@@ -193,7 +199,7 @@ class PremLocalizerLitModule(pl.LightningModule):
         if self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING):
             # trainer.validate / test (train(cfg): the best checkpoint): export reuses these
             self._final_predictions[predictions.split] = predictions
-        self._cache, self._eval_out = None, {}
+        self._cache, self._eval_out, self._eval_nets = None, {}, {}
         metrics = flat_vcmr_metrics(predictions.evaluate(), prefix)
         for name, value in metrics.items():
             short = name.split("/", 1)[1]
