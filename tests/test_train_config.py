@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
@@ -72,13 +71,31 @@ def test_train_in_process_one_epoch(tmp_path, synthetic_cache):
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
-def test_full_model_trains_in_process(tmp_path, synthetic_cache):
+def test_precision_switch_sets_training_and_evaluation(tmp_path):
+    """`precision=bf16` is one switch: bf16-mixed training and bf16 evaluation encoding, for
+    the PRVR model and the PREM localizer; the default keeps each trainer's own precision."""
+    cfg = compose_train_config(["precision=bf16"], tmp_path / "a", tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.evaluation.precision == "bf16"
+    cfg = compose_train_config([], tmp_path / "b", tmp_path)
+    assert cfg.trainer.precision == "32-true" and cfg.model.evaluation.precision == "fp32"
+    cfg = compose_train_config(["trainer=gpu"], tmp_path / "c", tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.evaluation.precision == "fp32"
+    cfg = compose_train_config(
+        ["experiment=prem_synthetic", "precision=bf16"], tmp_path / "d", tmp_path
+    )
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.inference.precision == "bf16"
+
+
+def test_full_model_trains_in_process_in_bf16(tmp_path, synthetic_cache):
+    """The full model (ICE + IRM + TCP) trains and evaluates under `precision=bf16` on CPU."""
     out = tmp_path / "full"
     overrides = tiny_overrides() + [
         "model.ice.enabled=true",
         "model.irm.enabled=true",
         "model.tcp.enabled=true",
         "logger=none",
+        "precision=bf16",
     ]
     train(compose_train_config(overrides, out, synthetic_cache))
-    assert Path(out / "metrics.json").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val/SumR"] > 0 and metrics["test/SumR"] > 0

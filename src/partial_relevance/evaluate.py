@@ -41,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         saved = OmegaConf.load(saved_path)
         with open_dict(saved):
             saved.paths = cfg.paths  # resolve paths against this invocation
+            # evaluation precision of this invocation (`precision=bf16`), not the run's
+            saved.eval_precision = cfg.get("eval_precision", "fp32")
         model_cfg = saved.model
         data_cfg = saved.data if cfg.use_run_data else cfg.data
         ckpt = resolve_checkpoint(run_dir, cfg.ckpt_path)
