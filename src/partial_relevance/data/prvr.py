@@ -351,6 +351,7 @@ class PrvrDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host->GPU copies
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -610,6 +610,7 @@ class VcmrRetrieverDataModule(pl.LightningDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             drop_last=self.drop_last and shuffle,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host->GPU copies
         )
 
     def train_dataloader(self) -> DataLoader:
