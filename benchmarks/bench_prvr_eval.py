@@ -33,7 +33,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import last_json_line, load_average, machine_facts, peak_rss_mb, record_result
+from common import (
+    last_json_line,
+    load_average,
+    machine_facts,
+    peak_rss_mb,
+    peer_on_this_host,
+    record_result,
+)
 from msl_layout import LayoutSpec, write_layout
 
 from partial_relevance.data.prvr import PrvrDataModule
@@ -233,6 +240,15 @@ def main() -> None:
             if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
                 rows.append(extrapolate(row))
                 print(rows[-1], flush=True)
+    gmmformer = peer_on_this_host(63.0, "B", machine, "time")
+    for row in rows:
+        if "total s" in row and row["videos"] == TVR_VIDEOS and row["queries"] == TVR_QUERIES:
+            row["x GMMFormer (projected)"] = round(gmmformer / row["total s"], 2)
+    notes.append(
+        f"x GMMFormer (projected): GMMFormer's 63 s TVR-scale evaluation on host B scaled to "
+        f"this host by fp32 matmul rate (400 / {machine['matmul_gflops']['fp32']} GFLOP/s) = "
+        f"{gmmformer:.0f} s, over the full-scale total; a projection, its code is not run here"
+    )
     notes += [
         "video enc s includes the BigFile reads, pooling and L2 normalisation of the eval loader "
         "((read+prep s) is the part spent waiting on the loader); scoring = net.score_queries + "

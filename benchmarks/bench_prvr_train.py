@@ -34,6 +34,7 @@ from common import (
     load_average,
     machine_facts,
     peak_rss_mb,
+    peer_on_this_host,
     record_result,
 )
 from msl_layout import LayoutSpec, write_layout
@@ -152,7 +153,8 @@ def child_command(args: argparse.Namespace, root: Path, config: str) -> list[str
     """Re-invoke this script for one configuration."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", config]
     command += ["--root", str(root), "--collection", args.collection, "--feature", args.feature]
-    for name in ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "seed"):
+    names = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "seed")
+    for name in (*names, "threads"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return command
 
@@ -181,11 +183,14 @@ def main() -> None:
         "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.child:
         row = run_child(args)
         print(json.dumps(row))
@@ -238,10 +243,18 @@ def main() -> None:
             rows.append(row)
     fp32 = machine["matmul_gflops"]["fp32"]
     bf16 = machine["matmul_gflops"]["bf16"]
+    # The faster peer on the EPYC host A: MS-SL up to 64 q/s (GMMFormer up to 59).
+    faster_peer = peer_on_this_host(64.0, "A", machine, "rate")
     for row in rows:
         if "achieved GFLOP/s" in row:
             peak = bf16 if row["config"].endswith("bf16") else fp32
             row["% of matmul"] = round(100 * row["achieved GFLOP/s"] / peak, 1)
+            row["x faster peer (projected)"] = round(row["queries/s"] / faster_peer, 2)
+    notes.append(
+        f"x faster peer (projected): queries/s over the faster peer's best host-A figure (64 "
+        f"q/s, MS-SL) scaled to this host by fp32 matmul rate ({fp32} / 170 GFLOP/s) = "
+        f"{faster_peer:.1f} q/s; a projection, the peers' code is not run here"
+    )
     notes += [
         "queries/s counts the whole loop (data loading + forward + backward + optimiser step); "
         "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of matmul "

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import machine_facts, peak_rss_mb, record_result
+from common import machine_facts, peak_rss_mb, peer_on_this_host, record_result
 
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
@@ -97,7 +97,8 @@ def query_batch(
     order = torch.stack([torch.randperm(num_videos, generator=generator) for _ in range(num)])
     topk = order[:, :k]
     inside = torch.rand(num, generator=generator) < gt_in_topk
-    gt = torch.where(inside, topk[:, 0], order[:, k])
+    outside = order[:, k] if num_videos > k else topk[:, 0]  # no video outside a full list
+    gt = torch.where(inside, topk[:, 0], outside)
     scores = torch.sort(torch.rand(num, k, generator=generator), dim=1, descending=True).values
     return {
         "query_index": torch.arange(num),
@@ -212,6 +213,15 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
 
+    machine = machine_facts()
+    conquer = peer_on_this_host(16.0, "B", machine, "rate")
+    for row in rows:
+        row["x CONQUER pairs/s (projected)"] = round(row["pairs_per_s"] / conquer, 2)
+    notes.append(
+        f"x CONQUER (projected): pairs/s over CONQUER's 16 pairs/s fp32 model forward on host "
+        f"B scaled by fp32 matmul rate ({machine['matmul_gflops']['fp32']} / 400 GFLOP/s) = "
+        f"{conquer:.1f} pairs/s; a projection, its code is not run here"
+    )
     notes += [
         "tvr_val_extrapolated_min is extrapolated from the measured subset: "
         f"{args.queries} queries × {args.k} videos over {args.videos} videos (cached rows add "
@@ -234,7 +244,7 @@ def main() -> None:
         "hidden": 384,
         "clips": "40-100",
     }
-    record_result("bench_vcmr_inference", rows, machine_facts(), params, notes, not args.no_save)
+    record_result("bench_vcmr_inference", rows, machine, params, notes, not args.no_save)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,21 @@ def machine_facts(measure_matmul: bool = True) -> dict[str, Any]:
     return facts
 
 
+# ------------------------------------------------------------------------- peer projection
+
+# The issue's reference hosts (2 threads): fp32 dense-matmul rates the peers were timed at.
+PEER_HOST_FP32_GFLOPS = {"A": 170.0, "B": 400.0}
+
+
+def peer_on_this_host(value: float, host: str, machine: dict[str, Any], kind: str) -> float:
+    """A peer's figure measured on reference host `host`, projected to this host by the ratio
+    of fp32 matmul rates (the peers run fp32). `kind`: 'rate' (e.g. queries/s, scales with
+    speed) or 'time' (seconds, scales inversely). A projection, not a measurement: the peers'
+    code is not run here."""
+    ratio = machine["matmul_gflops"]["fp32"] / PEER_HOST_FP32_GFLOPS[host]
+    return value * ratio if kind == "rate" else value / ratio
+
+
 # ---------------------------------------------------------------------------------- timing
 
 
