@@ -95,6 +95,7 @@ def query_batch(
     lengths = torch.randint(8, 31, (num,), generator=generator)
     mask = torch.arange(30)[None] < lengths[:, None]
     order = torch.stack([torch.randperm(num_videos, generator=generator) for _ in range(num)])
+    k = min(k, num_videos)
     topk = order[:, :k]
     inside = torch.rand(num, generator=generator) < gt_in_topk
     outside = order[:, k] if num_videos > k else topk[:, 0]  # no video outside a full list
