@@ -199,7 +199,8 @@ def main() -> None:
         start = time.perf_counter()
         own = torch.cat([batch["topk_video"], batch["video_index"][:, None]], 1)  # [b, k+1]
         local = VideoCache.build(net, video_batches(videos, own.flatten().tolist(), 64), "cpu")
-        ids = torch.arange(nq * (args.k + 1)).view(nq, args.k + 1)
+        width = own.shape[1]  # k + 1 (k may be cut by a tiny corpus)
+        ids = torch.arange(nq * width).view(nq, width)
         predict_queries(
             net, local, {**batch, "topk_video": ids[:, :-1], "video_index": ids[:, -1]}, cfg
         )
