@@ -1,0 +1,38 @@
+"""Every benchmark runs end to end at toy sizes and prints its JSON report (`pytest -m slow`).
+
+Benchmarks never assert timings; this only checks that they run and report what they claim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+CASES = {
+    "bench_bigfile.py": "--videos 8 --frames 16 --dim 32 --max-seconds 2",
+    "bench_prvr_train.py": "--videos 16 --batch-videos 8 --steps 1 --frames 32 "
+    "--configs base-fp32,full-bf16",
+    "bench_prvr_eval.py": "--scale 0.01 --configs fp32,bf16-fp16index",
+    "bench_vcmr_inference.py": "--queries 4 --videos 12 --batch 4 --no-cache-queries 2",
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_benchmark_runs_and_reports(script: str) -> None:
+    command = [sys.executable, str(BENCHMARKS / script), *CASES[script].split(), "--no-save"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == script.removesuffix(".py")
+    assert report["machine"]["cpu"] and "bf16_units" in report["machine"]
+    assert report["rows"] and not any("error" in row for row in report["rows"])
