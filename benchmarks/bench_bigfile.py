@@ -1,10 +1,12 @@
-"""BigFile read rate: the suite's memmapped `BigFileStore` vs the peers' per-frame reader.
+"""BigFile read rate: the suite's `BigFileStore` (one read per video) vs the peers' per-frame
+reader.
 
 MS-SL and GMMFormer read `FeatureData/<feature>/feature.bin` one frame at a time: for each
 frame id, open the file, seek to its row, read D floats into an `array.array('f')`, close,
-`.tolist()`, and finally `np.array(list_of_frames)`. `BigFileStore` slices one `np.memmap`
-(one contiguous slice per video when its rows are consecutive). Both readers run on the same
-file; the page cache is warm for both (the file was just written or read once before timing).
+`.tolist()`, and finally `np.array(list_of_frames)`. `BigFileStore` reads a video whose rows
+are consecutive with one `os.preadv` into its array (other row orders: one `np.memmap`).
+Both readers run on the same file; the page cache is warm for both (the file was just
+written or read once before timing).
 
     .venv/bin/python benchmarks/bench_bigfile.py                      # generated Charades-like
     .venv/bin/python benchmarks/bench_bigfile.py --root R --collection C --feature F
@@ -89,7 +91,7 @@ def main() -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=30.0, help="stop the per-frame reader after this"
     )
-    parser.add_argument("--reps", type=int, default=3, help="timed passes of the memmap reader")
+    parser.add_argument("--reps", type=int, default=3, help="timed passes of BigFileStore")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     args = parser.parse_args()
@@ -131,7 +133,7 @@ def main() -> None:
     rate_mm, rate_pf, rate_pp = n_mm / s_mm, n_pf / s_pf, n_pp / s_pp
     rows = [
         {
-            "reader": "BigFileStore (one memmap)",
+            "reader": "BigFileStore (one read per video)",
             "videos": n_mm,
             "seconds": round(s_mm, 4),
             "videos/s": round(rate_mm, 1),
@@ -157,7 +159,7 @@ def main() -> None:
     stages = {k: round(v, 2) for k, v in watch.seconds.items()}
     notes = [
         f"source: {source}; {frames_mean:.1f} frames/video on average, dim {store.dim}",
-        "page cache warm for both readers (one untimed pass first); memmap: best of "
+        "page cache warm for both readers (one untimed pass first); BigFileStore: best of "
         f"{args.reps} passes; per-frame reader capped at {args.max_seconds} s",
         f"readers return identical arrays: {same}",
         f"peak RSS {peak_rss_mb()} MiB; stage seconds {stages}",

@@ -1,13 +1,17 @@
-"""MS-SL `FeatureData/<feature>/` BigFile: one memmap over `feature.bin`, keyed by video id.
+"""MS-SL `FeatureData/<feature>/` BigFile: `feature.bin` read a whole video at a time.
 
 Layout (SPEC §1.2): `shape.txt` ("N D"), `id.txt` (N frame ids in row order), `feature.bin`
 (raw little-endian float32 `[N, D]`) and `video2frames.txt` (a dict literal, temporal order).
-The peers open and seek the file once per frame; one memmap reads a whole video in one slice.
+The peers open and seek the file once per frame; here a video whose frames are contiguous
+rows (every MS-SL file) is one `preadv` straight into its array, and any other row order goes
+through one memmap. Reading (rather than slicing a memmap) keeps a pass over a large corpus
+from accumulating the file's mapped pages in the process's resident memory.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -72,6 +76,7 @@ class BigFileStore(FeatureStore):
                 ) from None
         self._bin_path = bin_path
         self._memmap: np.memmap | None = None
+        self._fd: int | None = None
 
     @property
     def dim(self) -> int:
@@ -101,12 +106,30 @@ class BigFileStore(FeatureStore):
     def _get(self, key: str) -> np.ndarray:
         rows = self._rows[key]
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-            return np.array(self.features[rows[0] : rows[-1] + 1])  # one contiguous slice
+            return self._read_rows(int(rows[0]), len(rows))  # one contiguous read
         return self.features[rows]
+
+    def _read_rows(self, first: int, count: int) -> np.ndarray:
+        """Rows [first, first + count) of feature.bin as float32 `[count, D]`, one syscall."""
+        if self._fd is None:
+            self._fd = os.open(self._bin_path, os.O_RDONLY)
+        out = np.empty((count, self._dim), dtype="<f4")
+        offset = first * self._dim * 4
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
+        if got != out.nbytes:
+            raise DataError(self._bin_path, f"short read at row {first}: {got} of {out.nbytes} B")
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._memmap = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_memmap"] = None  # reopen in worker processes
+        state["_fd"] = None
         return state
 
 
