@@ -86,6 +86,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         feature=args.feature,
         val_split=args.split,
         eval_batch_size=args.eval_batch,
+        eval_video_batch_size=args.eval_video_batch,
         num_workers=args.num_workers,
     )
     dm.setup("validate")
@@ -152,7 +153,8 @@ def child_command(args: argparse.Namespace, root: Path, config: str) -> list[str
     """Re-invoke this script for one precision."""
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", config]
     command += ["--root", str(root), "--collection", args.collection, "--feature", args.feature]
-    for name in ("split", "eval_batch", "num_workers", "hidden", "seed", "threads"):
+    names = ("split", "eval_batch", "eval_video_batch", "num_workers", "hidden", "seed")
+    for name in (*names, "threads"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return command
 
@@ -174,7 +176,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=25, help="generated tokens, max")
     parser.add_argument("--query-dim", type=int, default=768, help="TVR RoBERTa: 768")
     parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
-    parser.add_argument("--eval-batch", type=int, default=256, help="eval loader batch size")
+    parser.add_argument("--eval-batch", type=int, default=256, help="queries per eval batch")
+    parser.add_argument("--eval-video-batch", type=int, default=64, help="videos per eval batch")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument(
         "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}"
