@@ -9,14 +9,16 @@
 `conf/train.yaml`, repeatable.) Stages, each writing only into its own run directory under
 `--out` (default `outputs/prem_pipeline/runs/<timestamp>`):
 
-1. `retriever/`: `train(cfg)` with `experiment=prem_retriever_synthetic` (VR metrics,
-   checkpoint); its export step writes `retriever/rankings.h5` (top-100 videos and scores of
-   every query of every split, SPEC §6.1).
-2. `localizer/`: `train(cfg)` with `experiment=prem_synthetic` and
-   `data.ranking_file=retriever/rankings.h5`: negatives from the train rankings (SPEC §5), the
-   checkpoint with the best `val/VCMR_selection`; its export step reruns the VCMR pipeline
-   (SPEC §6) with the best weights and writes `submission_val.json` (TVR format) and
-   `vcmr_results_val.json` (the metrics computed in memory) beside `metrics.json`.
+1. `retriever/`: `train(cfg)` with `experiment=prem_retriever_synthetic_small` (`--size
+   full`: `prem_retriever_synthetic`) (VR metrics, checkpoint); its export step writes
+   `retriever/rankings.h5` (top-100 videos and scores of every query of every split, SPEC
+   §6.1).
+2. `localizer/`: `train(cfg)` with `experiment=prem_synthetic_small` (`--size full`:
+   `prem_synthetic`) and `data.ranking_file=retriever/rankings.h5`: negatives from the train
+   rankings (SPEC §5), the checkpoint with the best `val/VCMR_selection`; its export step
+   reruns the VCMR pipeline (SPEC §6) with the best weights and writes `submission_val.json`
+   (TVR format) and `vcmr_results_val.json` (the metrics computed in memory) beside
+   `metrics.json`.
 3. The random-localizer baseline: the same pipeline on the same retrieved videos with uniform
    start / end logits (`inference.vcmr.UniformLocalizer`); written to
    `localizer/random_localizer_val.json`.
@@ -25,12 +27,12 @@
    written `submission_val.json` back with `score_submission` and checks that it gives exactly
    the printed numbers (exit status 1 if not).
 
-`--size small` (default) shrinks the synthetic corpus to 400 / 100 / 100 videos and the
-retriever to 3 epochs (the first with the whole-video positive warm-up) so that the two
-stages finish in ~5 minutes on a busy 2-core CPU;
-`--size full` runs the experiment configs unchanged. `--threads auto` (default) uses the
-cores the current load leaves free: oversubscribed OpenMP threads on a busy machine are far
-slower than one thread.
+`--size small` (default) runs the `*_small` experiment configs: the synthetic corpus shrunk
+to 400 / 100 / 100 videos and schedules that learn within ~5 minutes on a 2-core CPU (every
+choice and its reason is in those files); `--size full` runs `prem_retriever_synthetic` and
+`prem_synthetic` (the full synthetic corpus). `--threads auto` (default) uses the cores the
+current load leaves free: oversubscribed OpenMP threads on a busy machine are far slower
+than one thread.
 """
 
 from __future__ import annotations
@@ -63,21 +65,16 @@ from partial_relevance.train import CONFIG_DIR, train
 
 __all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]
 
-RETRIEVER_EXPERIMENT = "prem_retriever_synthetic"
-LOCALIZER_EXPERIMENT = "prem_synthetic"
 DEFAULT_COMMON = ("logger=csv", "trainer.enable_progress_bar=false")
-# `--size small` (the default of `make train-prem`): a smaller synthetic corpus and a shorter
-# retriever schedule, so both stages finish in ~5 minutes on a busy 2-core CPU. `--size full`
-# runs the experiment configs as they are (the full synthetic corpus).
-SMALL = {
-    "common": (
-        "data.synthetic.num_train_videos=400",
-        "data.synthetic.num_val_videos=100",
-        "data.synthetic.num_test_videos=100",
-    ),
-    "retriever": ("trainer.max_epochs=3", "model.positive_warmup_epochs=1"),
-    "localizer": (),
+# The experiment of each stage per `--size`: `small` (the default of `make train-prem`) fits
+# both stages in ~5 minutes on a 2-core CPU (conf/experiment/*_small.yaml say how and why);
+# `full` is the full synthetic corpus. The two stages of a size read the same corpus.
+EXPERIMENTS = {
+    "small": {"retriever": "prem_retriever_synthetic_small", "localizer": "prem_synthetic_small"},
+    "full": {"retriever": "prem_retriever_synthetic", "localizer": "prem_synthetic"},
 }
+RETRIEVER_EXPERIMENT = EXPERIMENTS["small"]["retriever"]
+LOCALIZER_EXPERIMENT = EXPERIMENTS["small"]["localizer"]
 
 
 def compose_stage(overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -166,14 +163,17 @@ def run_pipeline(
     localizer: Sequence[str] = (),
     ranking_file: str | None = None,
     split: str = "val",
+    size: str = "small",
 ) -> dict[str, Any]:
-    """Run the stages (see the module docstring); return paths, results and wall times."""
+    """Run the stages (see the module docstring) with the experiments of `size`; return
+    paths, results and wall times."""
+    experiments = EXPERIMENTS[size]
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if ranking_file is None:
         print(f"[1/4] retriever -> {out / 'retriever'}", flush=True)
         cfg = compose_stage(
-            [f"experiment={RETRIEVER_EXPERIMENT}", *common, *retriever], out / "retriever"
+            [f"experiment={experiments['retriever']}", *common, *retriever], out / "retriever"
         )
         train(cfg)
         ranking_file = str(out / "retriever" / "rankings.h5")
@@ -186,7 +186,7 @@ def run_pipeline(
     loc_dir = out / "localizer"
     cfg = compose_stage(
         [
-            f"experiment={LOCALIZER_EXPERIMENT}",
+            f"experiment={experiments['localizer']}",
             f"data.ranking_file={Path(ranking_file).resolve()}",
             *common,
             *localizer,
@@ -247,9 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", default="auto", help="torch threads (int or auto)")
     parser.add_argument(
         "--size",
-        choices=("small", "full"),
+        choices=tuple(EXPERIMENTS),
         default="small",
-        help="small: 400/100/100 videos, 3 retriever epochs (~5 min); full: the experiment configs",
+        help="small: the *_small experiments (400/100/100 videos, ~5 min on 2 cores); "
+        "full: prem_retriever_synthetic + prem_synthetic (the full synthetic corpus)",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -258,16 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or Path("outputs") / "prem_pipeline" / "runs" / stamp
     common = DEFAULT_COMMON if args.common is None else tuple(args.common)
     retriever, localizer = tuple(args.retriever), tuple(args.localizer)
-    if args.size == "small":  # the user's overrides come last and win
-        common = (*SMALL["common"], *common)
-        retriever = (*SMALL["retriever"], *retriever)
-        localizer = (*SMALL["localizer"], *localizer)
     print(f"PREM pipeline in {out} (torch threads: {torch.get_num_threads()})", flush=True)
+    print(f"experiments ({args.size}): {EXPERIMENTS[args.size]}", flush=True)
     print(
         f"overrides: both {list(common)}; retriever {list(retriever)}; localizer {list(localizer)}",
         flush=True,
     )
-    result = run_pipeline(out, common, retriever, localizer, args.ranking_file, args.split)
+    result = run_pipeline(
+        out, common, retriever, localizer, args.ranking_file, args.split, args.size
+    )
     return 0 if result["round_trip_ok"] else 1
 
 
