@@ -44,7 +44,7 @@ import re
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -590,7 +590,7 @@ def run_retrievers(
     jobs: Sequence[Job],
     extra: Sequence[str],
     dry_run: bool = False,
-    call: Any = subprocess.call,
+    call: Callable[[list[str]], int] = subprocess.call,
 ) -> int:
     """Stage 1 of a stage-wise table: run the pending retriever jobs the `jobs` read from, as
     one multirun (per distinct seed set) in their shared directory; returns the exit status.
