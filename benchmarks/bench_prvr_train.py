@@ -46,10 +46,15 @@ from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
+# Also accepted: a "-ckpt" suffix (activation checkpointing), e.g. full-fp32-ckpt.
+EXTRA_CONFIGS = tuple(f"{c}-ckpt" for c in CONFIGS)
 
 
-def build(args: argparse.Namespace, model: str, dm: PrvrDataModule) -> PrvrLitModule:
-    """The PRVR LightningModule with the paper's defaults; `full` enables ICE, IRM and TCP."""
+def build(
+    args: argparse.Namespace, model: str, dm: PrvrDataModule, checkpointing: bool = False
+) -> PrvrLitModule:
+    """The PRVR LightningModule with the paper's defaults; `full` enables ICE, IRM and TCP;
+    `checkpointing` recomputes Transformer activations in backward."""
     assert dm.corpus is not None
     net = PrvrBaseModel(
         dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden, num_layers=args.layers
@@ -61,6 +66,7 @@ def build(args: argparse.Namespace, model: str, dm: PrvrDataModule) -> PrvrLitMo
         ice={"enabled": full},
         irm={"enabled": full},
         tcp={"enabled": full},
+        activation_checkpointing=checkpointing,
     )
 
 
@@ -79,7 +85,7 @@ def batches(loader):
 
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration; returns its row."""
-    model, precision = args.config.split("-")
+    model, precision, *extra = args.config.split("-")
     torch.manual_seed(args.seed)
     dm = PrvrDataModule(
         root=str(args.root),
@@ -90,7 +96,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
     )
     dm.setup("fit")
-    lit = build(args, model, dm)
+    lit = build(args, model, dm, checkpointing="ckpt" in extra)
     lit.train()
     optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
     stream = batches(dm.train_dataloader())
@@ -106,11 +112,6 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     for _ in range(args.warmup):
         step(next(stream))
-    batch = next(stream)
-    with FlopCounterMode(display=False) as counter:
-        step(batch, update=False)
-    flops_per_step = counter.get_total_flops()
-    flop_queries = len(batch["query_video"])
 
     queries = data_seconds = 0.0
     step_seconds: list[float] = []
@@ -128,6 +129,12 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             n_c.append(float(terms["n_c"]))
     total = time.perf_counter() - start
     compute = sum(step_seconds)
+    peak_rss = peak_rss_mb()  # of training itself: the FLOP-counting step below holds more
+    batch = next(stream)
+    with FlopCounterMode(display=False) as counter:
+        step(batch, update=False)
+    flops_per_step = counter.get_total_flops()
+    flop_queries = len(batch["query_video"])
     flops_per_query = flops_per_step / flop_queries
     achieved = flops_per_query * queries / compute  # FLOP/s of the compute part
     row = {
@@ -140,7 +147,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "GFLOP/step": round(flops_per_step / 1e9, 1),
         "achieved GFLOP/s": round(achieved / 1e9, 1),
         "params (M)": round(sum(p.numel() for p in lit.parameters()) / 1e6, 3),
-        "peak RSS MiB": peak_rss_mb(),
+        "peak RSS MiB": peak_rss,
         "queries/step": round(queries / args.steps, 1),
         "load avg": load_average()[:1],
     }
@@ -198,9 +205,9 @@ def main() -> None:
 
     machine = machine_facts()
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = set(configs) - set(CONFIGS) - set(EXTRA_CONFIGS)
     if unknown:
-        parser.error(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
+        parser.error(f"unknown configs {sorted(unknown)}; choose from {CONFIGS + EXTRA_CONFIGS}")
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_prvr_train_") as tmp:
         root = args.root
@@ -247,7 +254,7 @@ def main() -> None:
     faster_peer = peer_on_this_host(64.0, "A", machine, "rate")
     for row in rows:
         if "achieved GFLOP/s" in row:
-            peak = bf16 if row["config"].endswith("bf16") else fp32
+            peak = bf16 if "bf16" in row["config"] else fp32
             row["% of matmul"] = round(100 * row["achieved GFLOP/s"] / peak, 1)
             row["x faster peer (projected)"] = round(row["queries/s"] / faster_peer, 2)
     notes.append(
@@ -260,7 +267,7 @@ def main() -> None:
         "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of matmul "
         "compares it with the 1024² matmul rate of the same precision",
         "FLOPs counted by FlopCounterMode on one untimed batch (forward + backward) after the "
-        "warm-up steps, scaled per query",
+        "timed steps, scaled per query; peak RSS is read before it",
         "each configuration runs in its own process: peak RSS is that process's ru_maxrss",
         "peers (their hosts, not this one): MS-SL 74–94 q/s (AMX Xeon host B), 22–64 (EPYC "
         "host A); GMMFormer 63–93 (51–59); peak RSS MS-SL 3.5–3.7 GB, GMMFormer 6.0 GB",

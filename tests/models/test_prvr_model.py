@@ -13,7 +13,7 @@ from partial_relevance.models.prvr import PrvrBaseModel
 
 def tiny_net(**kwargs) -> PrvrBaseModel:
     torch.manual_seed(0)
-    return PrvrBaseModel(video_dim=32, query_dim=16, hidden_dim=16, dropout=0.0, **kwargs)
+    return PrvrBaseModel(video_dim=32, query_dim=16, hidden_dim=16, **{"dropout": 0.0, **kwargs})
 
 
 def test_encodings_and_similarities():
@@ -52,7 +52,9 @@ GOLDEN_BASE = [1.0194333791732788, 1.050567388534546, 1.0703446865081787]
 GOLDEN_FULL = [18.219545364379883, 17.825035095214844, 18.160198211669922]
 
 
-def _first_losses(tiny_corpus, full: bool) -> list[float]:
+def _first_losses(
+    tiny_corpus, full: bool, checkpointing: bool = False, dropout: float = 0.0
+) -> list[float]:
     dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), video_dim=32, query_dim=16, batch_size=8)
     dm.setup("fit")
     torch.manual_seed(0)
@@ -63,11 +65,12 @@ def _first_losses(tiny_corpus, full: bool) -> list[float]:
             break
     modules = {"enabled": full}
     model = PrvrLitModule(
-        tiny_net(),
+        tiny_net(dropout=dropout),
         optimizer=lambda params: BertAdamW(params, lr=1e-3),
         ice={"enabled": full, "threshold": None},
         irm=modules,
         tcp=modules,
+        activation_checkpointing=checkpointing,
     )
     optimizer = BertAdamW(model.parameters(), lr=1e-3)
     torch.manual_seed(0)
@@ -84,3 +87,11 @@ def _first_losses(tiny_corpus, full: bool) -> list[float]:
 @pytest.mark.parametrize(("full", "golden"), [(False, GOLDEN_BASE), (True, GOLDEN_FULL)])
 def test_golden_first_three_losses(tiny_corpus, full, golden):
     assert _first_losses(tiny_corpus, full) == pytest.approx(golden, abs=1e-4)
+
+
+def test_activation_checkpointing_changes_no_number(tiny_corpus):
+    """Recomputing activations in backward (dropout masks replayed) gives the same losses and
+    updates as keeping them, for the full model with dropout on."""
+    kept = _first_losses(tiny_corpus, True, checkpointing=False, dropout=0.15)
+    recomputed = _first_losses(tiny_corpus, True, checkpointing=True, dropout=0.15)
+    assert recomputed == pytest.approx(kept, abs=1e-6)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def masked_fill_min(x: Tensor, mask: Tensor) -> Tensor:
@@ -123,6 +124,9 @@ class TransformerEncoder(nn.Module):
                 return TransformerLayer(dim, num_heads, ffn_dim, dropout, ffn)
 
         self.layers = nn.ModuleList(layer_factory() for _ in range(num_layers))
+        # Recompute each layer in the backward pass instead of keeping its activations:
+        # the same numbers (dropout masks replayed) for less memory and ~1/3 more compute.
+        self.checkpointing = False
 
     def add_positions(self, x: Tensor) -> Tensor:
         """Add learned positional embeddings to x: [B, L, D] (L <= max_len)."""
@@ -132,7 +136,10 @@ class TransformerEncoder(nn.Module):
     def encode(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Run the layers on an input that already carries positions."""
         for layer in self.layers:
-            x = layer(x, mask)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(layer, x, mask, use_reentrant=False)
+            else:
+                x = layer(x, mask)
         return x
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
