@@ -33,9 +33,9 @@ from common import machine_facts, peak_rss_mb, peer_on_this_host, record_result
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
     VideoCache,
-    inference_net,
     predict_queries,
 )
+from partial_relevance.models.precision import inference_net
 from partial_relevance.models.prem_localizer import PremLocalizer
 
 TVR_VAL_QUERIES = 10895

@@ -24,7 +24,6 @@ localizer baseline, run through the very same pipeline on the same retrieved vid
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -38,6 +37,7 @@ from partial_relevance.data.vcmr import VcmrSplit
 from partial_relevance.inference.ranking import VIDEO_KEYS, pad_clips
 from partial_relevance.inference.spans import decode_top_spans_batch, span_scores
 from partial_relevance.metrics.vcmr import GroundTruth, evaluate_all, vcmr_selection_score
+from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prem_localizer import index_encoding, mask_logits
 
 __all__ = [
@@ -48,8 +48,6 @@ __all__ = [
     "VideoCache",
     "boundary_log_probs",
     "flat_vcmr_metrics",
-    "inference_net",
-    "net_dtype",
     "predict_queries",
     "run_vcmr",
     "split_desc_ids",
@@ -57,24 +55,6 @@ __all__ = [
 ]
 
 NORMS = ("joint", "per_video")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def net_dtype(net: nn.Module) -> torch.dtype:
-    """The floating dtype of a net's parameters (float32 for a parameter-free baseline)."""
-    for parameter in net.parameters():
-        if parameter.is_floating_point():
-            return parameter.dtype
-    return torch.float32
-
-
-def inference_net(net: nn.Module, precision: str = "fp32") -> nn.Module:
-    """`net` itself for fp32, else an eval-mode copy cast to `precision` (the trained fp32
-    weights stay untouched)."""
-    dtype = PRECISIONS[precision]
-    if dtype == torch.float32 or not any(True for _ in net.parameters()):
-        return net
-    return copy.deepcopy(net).to(dtype).eval()
 
 
 @dataclass(frozen=True)
@@ -98,10 +78,7 @@ class VcmrInferenceConfig:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"inference.norm must be one of {NORMS}, got {self.norm!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"inference.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}"
-            )
+        check_precision(self.precision, "inference.precision")
         if self.pair_group < 1 or self.query_chunk < 1:
             raise ValueError("inference.pair_group and inference.query_chunk must be >= 1")
 

@@ -46,13 +46,13 @@ from partial_relevance.inference.vcmr import (
     VideoCache,
     collect_predictions,
     flat_vcmr_metrics,
-    inference_net,
     predict_queries,
     run_vcmr,
 )
 from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
 from partial_relevance.losses.prem import adversarial_bce, localizer_loss, shared_norm_ce
 from partial_relevance.metrics.submission import write_submission
+from partial_relevance.models.precision import inference_net
 from partial_relevance.models.prem_localizer import PremLocalizer, index_encoding
 
 __all__ = ["PremLocalizerLitModule"]

@@ -7,7 +7,6 @@ the evaluation split at epoch end.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from partial_relevance.losses.prvr import (
 )
 from partial_relevance.metrics.retrieval import chunked_ranks, recall_at_k
 from partial_relevance.models.layers import TransformerEncoder, l2_normalize
+from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
 
 DEFAULT_LOSS = {
@@ -67,7 +67,6 @@ DEFAULT_EVAL = {
     "precision": "fp32",  # encoding precision: fp32 | bf16 (a bf16 copy of the net)
     "index_dtype": "float16",  # stored per-video index; scoring upcasts it, fp32 accumulation
 }
-EVAL_PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 INDEX_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -109,11 +108,7 @@ class PrvrLitModule(pl.LightningModule):
         self.irm_cfg = _merged(DEFAULT_IRM, irm)
         self.tcp_cfg = _merged(DEFAULT_TCP, tcp)
         self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
-        if self.eval_cfg["precision"] not in EVAL_PRECISIONS:
-            raise ValueError(
-                f"model.evaluation.precision must be one of {sorted(EVAL_PRECISIONS)}, "
-                f"got {self.eval_cfg['precision']!r}"
-            )
+        check_precision(self.eval_cfg["precision"], "model.evaluation.precision")
         if self.eval_cfg["index_dtype"] not in INDEX_DTYPES:
             raise ValueError(
                 f"model.evaluation.index_dtype must be one of {sorted(INDEX_DTYPES)}, "
@@ -279,11 +274,8 @@ class PrvrLitModule(pl.LightningModule):
     def eval_net(self) -> nn.Module:
         """The net that encodes the evaluation corpus: `net` itself in fp32, else a copy cast
         to `evaluation.precision` (made once per evaluation pass, dropped at its end)."""
-        dtype = EVAL_PRECISIONS[self.eval_cfg["precision"]]
-        if dtype == torch.float32:
-            return self.net
         if "net" not in self._eval_nets:
-            self._eval_nets["net"] = copy.deepcopy(self.net).to(dtype).eval()
+            self._eval_nets["net"] = inference_net(self.net, self.eval_cfg["precision"])
         return self._eval_nets["net"]
 
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
@@ -294,7 +286,7 @@ class PrvrLitModule(pl.LightningModule):
         """
         store = self._eval_store
         net = self.eval_net()
-        dtype = EVAL_PRECISIONS[self.eval_cfg["precision"]]
+        dtype = net_dtype(net)
         if dtype != torch.float32:
             batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
         if dataloader_idx == 0:

@@ -1,0 +1,37 @@
+"""Reduced-precision copies of a net for evaluation and inference (`precision=bf16`).
+
+Training keeps fp32 weights (Lightning's bf16-mixed autocasts them per op); encoding a corpus
+runs a copy cast once to bf16, so every op runs in bf16 and no weight is recast per call.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_precision(precision: str, key: str) -> None:
+    """Raise a ValueError naming config `key` when `precision` is not fp32 or bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {sorted(PRECISIONS)}, got {precision!r}")
+
+
+def net_dtype(net: nn.Module) -> torch.dtype:
+    """The floating dtype of a net's parameters (float32 for a parameter-free baseline)."""
+    for parameter in net.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def inference_net(net: nn.Module, precision: str = "fp32") -> nn.Module:
+    """`net` itself for fp32, else an eval-mode copy cast to `precision` (the trained fp32
+    weights stay untouched)."""
+    dtype = PRECISIONS[precision]
+    if dtype == torch.float32 or not any(True for _ in net.parameters()):
+        return net
+    return copy.deepcopy(net).to(dtype).eval()
