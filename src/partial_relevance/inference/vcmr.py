@@ -256,26 +256,24 @@ def _gt_logits(
     """
     k = topk.shape[1]
     hit = topk[labelled] == gt[:, None]  # [n, k]
-    found = hit.any(1)
-    slot = labelled * k + hit.float().argmax(1)  # row of the VCMR pass when found
-    missing = torch.nonzero(~found).flatten()
-    width = start.shape[1]
+    reused = torch.nonzero(hit.any(1)).flatten()
+    missing = torch.nonzero(~hit.any(1)).flatten()
+    slot = labelled[reused] * k + hit[reused].float().argmax(1)  # their rows in the VCMR pass
+    parts = [(reused, start[slot], end[slot], mask[slot])]
     if len(missing):
         extra = _localize_pairs(net, cache, queries, labelled[missing], gt[missing], group)
-        width = max(width, extra[0].shape[1])
-    n = len(labelled)
-    out_start = mask_logits(start.new_zeros(n, width), start.new_zeros(n, width, dtype=bool))
-    out_end, out_mask = out_start.clone(), mask.new_zeros(n, width)
-    reused = torch.nonzero(found).flatten()
-    L = start.shape[1]
-    out_start[reused, :L], out_end[reused, :L] = start[slot[reused]], end[slot[reused]]
-    out_mask[reused, :L] = mask[slot[reused]]
-    if len(missing):
-        e_start, e_end, e_mask = extra
-        Le = e_start.shape[1]
-        out_start[missing, :Le], out_end[missing, :Le] = e_start, e_end
-        out_mask[missing, :Le] = e_mask
-    return out_start, out_end, out_mask
+        parts.append((missing, *extra))
+    n, width = len(labelled), max(part[1].shape[1] for part in parts)
+    out_start, out_end = start.new_zeros(n, width), start.new_zeros(n, width)
+    out_mask = mask.new_zeros(n, width)
+    for rows, part_start, part_end, part_mask in parts:
+        L = part_start.shape[1]
+        out_start[rows, :L], out_end[rows, :L], out_mask[rows, :L] = (
+            part_start,
+            part_end,
+            part_mask,
+        )
+    return mask_logits(out_start, out_mask), mask_logits(out_end, out_mask), out_mask
 
 
 @torch.no_grad()
