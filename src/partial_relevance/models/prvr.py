@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,9 @@ class PrvrBaseModel(nn.Module):
         num_moments: int = 32,
         max_frames: int = 128,
         max_words: int = 30,
+        score_block_elements: int = 2**25,
     ) -> None:
+        """`score_block_elements` bounds the largest intermediate of `score_queries`."""
         super().__init__()
         self.hidden_dim = hidden_dim
 
@@ -101,8 +104,7 @@ class PrvrBaseModel(nn.Module):
         self.frame_projection = FeatureProjection(video_dim, hidden_dim, dropout)
         self.frame_encoder = encoder(max_frames)
         self.frame_pooling = AdditivePooling(hidden_dim)
-        # Bound on the largest intermediate of `score_queries` (elements per video block).
-        self.score_block_elements = 2**25
+        self.score_block_elements = score_block_elements
 
     def encode_queries(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """tokens [n, N, Dq], mask [n, N] -> sentence features q [n, D]."""
@@ -251,26 +253,14 @@ class MsslBaseModel(PrvrBaseModel):
         video_dim: int,
         query_dim: int,
         hidden_dim: int = 384,
-        num_heads: int = 4,
-        dropout: float = 0.15,
-        num_layers: int = 1,
         ffn: bool = False,
         num_moments: int = 32,
-        max_frames: int = 128,
-        max_words: int = 30,
-        score_block_elements: int = 2**25,
+        **kwargs: Any,
     ) -> None:
+        """The base model's arguments (`kwargs`: heads, dropout, layers, lengths, score
+        block), with MS-SL's attention-only blocks (`ffn=False`) by default."""
         super().__init__(
-            video_dim,
-            query_dim,
-            hidden_dim,
-            num_heads,
-            dropout,
-            num_layers,
-            ffn,
-            num_moments,
-            max_frames,
-            max_words,
+            video_dim, query_dim, hidden_dim=hidden_dim, ffn=ffn, num_moments=num_moments, **kwargs
         )
         del self.frame_pooling  # MS-SL's video vector is key-clip guided, not pooled
         # MS-SL `mapping_linear[0]`, `[1]`: keys and values of the guided attention.
@@ -279,7 +269,6 @@ class MsslBaseModel(PrvrBaseModel):
         weights, spans = multiscale_proposal_weights(num_moments)
         self.register_buffer("proposal_weights", weights, persistent=False)  # [P, Tm]
         self.register_buffer("proposal_spans", spans, persistent=False)  # [P, 2]
-        self.score_block_elements = score_block_elements
 
     @property
     def num_proposals(self) -> int:
