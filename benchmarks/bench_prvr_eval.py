@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
+    add_peer_ratio,
     last_json_line,
     load_average,
     machine_facts,
     peak_rss_mb,
-    peer_on_this_host,
     record_result,
 )
 from msl_layout import LayoutSpec, write_layout
@@ -243,14 +243,23 @@ def main() -> None:
             if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
                 rows.append(extrapolate(row))
                 print(rows[-1], flush=True)
-    gmmformer = peer_on_this_host(63.0, "B", machine, "time")
-    for row in rows:
-        if "total s" in row and row["videos"] == TVR_VIDEOS and row["queries"] == TVR_QUERIES:
-            row["x GMMFormer (projected)"] = round(gmmformer / row["total s"], 2)
+    full_scale = [
+        row
+        for row in rows
+        if "total s" in row and row["videos"] == TVR_VIDEOS and row["queries"] == TVR_QUERIES
+    ]
     notes.append(
-        f"x GMMFormer (projected): GMMFormer's 63 s TVR-scale evaluation on host B scaled to "
-        f"this host by fp32 matmul rate (400 / {machine['matmul_gflops']['fp32']} GFLOP/s) = "
-        f"{gmmformer:.0f} s, over the full-scale total; a projection, its code is not run here"
+        add_peer_ratio(
+            full_scale,
+            measured="total s",
+            column="x GMMFormer (projected)",
+            peer="GMMFormer, TVR-scale evaluation",
+            value=63.0,
+            unit="s",
+            host="B",
+            machine=machine,
+            kind="time",
+        )
     )
     notes += [
         "video enc s includes the BigFile reads, pooling and L2 normalisation of the eval loader "

@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
+    add_peer_ratio,
     last_json_line,
     load_average,
     machine_facts,
     peak_rss_mb,
-    peer_on_this_host,
     record_result,
 )
 from msl_layout import LayoutSpec, write_layout
@@ -250,17 +250,23 @@ def main() -> None:
             rows.append(row)
     fp32 = machine["matmul_gflops"]["fp32"]
     bf16 = machine["matmul_gflops"]["bf16"]
+    timed = [row for row in rows if "achieved GFLOP/s" in row]
+    for row in timed:
+        peak = bf16 if "bf16" in row["config"] else fp32
+        row["% of matmul"] = round(100 * row["achieved GFLOP/s"] / peak, 1)
     # The faster peer on the EPYC host A: MS-SL up to 64 q/s (GMMFormer up to 59).
-    faster_peer = peer_on_this_host(64.0, "A", machine, "rate")
-    for row in rows:
-        if "achieved GFLOP/s" in row:
-            peak = bf16 if "bf16" in row["config"] else fp32
-            row["% of matmul"] = round(100 * row["achieved GFLOP/s"] / peak, 1)
-            row["x faster peer (projected)"] = round(row["queries/s"] / faster_peer, 2)
     notes.append(
-        f"x faster peer (projected): queries/s over the faster peer's best host-A figure (64 "
-        f"q/s, MS-SL) scaled to this host by fp32 matmul rate ({fp32} / 170 GFLOP/s) = "
-        f"{faster_peer:.1f} q/s; a projection, the peers' code is not run here"
+        add_peer_ratio(
+            timed,
+            measured="queries/s",
+            column="x faster peer (projected)",
+            peer="MS-SL, the faster peer on host A",
+            value=64.0,
+            unit="q/s",
+            host="A",
+            machine=machine,
+            kind="rate",
+        )
     )
     notes += [
         "queries/s counts the whole loop (data loading + forward + backward + optimiser step); "

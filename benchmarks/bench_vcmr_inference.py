@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import machine_facts, peak_rss_mb, peer_on_this_host, record_result
+from common import add_peer_ratio, machine_facts, peak_rss_mb, record_result
 
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
@@ -216,13 +216,18 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     machine = machine_facts()
-    conquer = peer_on_this_host(16.0, "B", machine, "rate")
-    for row in rows:
-        row["x CONQUER pairs/s (projected)"] = round(row["pairs_per_s"] / conquer, 2)
     notes.append(
-        f"x CONQUER (projected): pairs/s over CONQUER's 16 pairs/s fp32 model forward on host "
-        f"B scaled by fp32 matmul rate ({machine['matmul_gflops']['fp32']} / 400 GFLOP/s) = "
-        f"{conquer:.1f} pairs/s; a projection, its code is not run here"
+        add_peer_ratio(
+            rows,
+            measured="pairs_per_s",
+            column="x CONQUER pairs/s (projected)",
+            peer="CONQUER, fp32 model forward alone",
+            value=16.0,
+            unit="pairs/s",
+            host="B",
+            machine=machine,
+            kind="rate",
+        )
     )
     notes += [
         "tvr_val_extrapolated_min is extrapolated from the measured subset: "

@@ -124,6 +124,33 @@ def peer_on_this_host(value: float, host: str, machine: dict[str, Any], kind: st
     return value * ratio if kind == "rate" else value / ratio
 
 
+def add_peer_ratio(
+    rows: list[dict[str, Any]],
+    *,
+    measured: str,
+    column: str,
+    peer: str,
+    value: float,
+    unit: str,
+    host: str,
+    machine: dict[str, Any],
+    kind: str,
+) -> str:
+    """Give each row a `column`: how many times better its `measured` figure is than `peer`'s
+    `value` (`unit`, timed on reference `host`) projected to this host (`kind`: 'rate', more
+    is better, or 'time', less is better). Returns the report note that explains the column."""
+    projected = peer_on_this_host(value, host, machine, kind)
+    for row in rows:
+        ours = row[measured]
+        row[column] = round(ours / projected if kind == "rate" else projected / ours, 2)
+    return (
+        f"{column}: `{measured}` against {peer} ({value:g} {unit} on host {host}), "
+        f"projected to this host by fp32 matmul rate ({machine['matmul_gflops']['fp32']} vs "
+        f"{PEER_HOST_FP32_GFLOPS[host]:g} GFLOP/s) = {projected:.1f} {unit}; a projection, "
+        "the peer's code is not run here"
+    )
+
+
 # ---------------------------------------------------------------------------------- timing
 
 
