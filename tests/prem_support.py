@@ -12,6 +12,17 @@ from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.data.vcmr_localizer import VcmrLocalizerDataModule
 from support import TINY_SYNTHETIC
 
+# Keyword arguments of a tiny PremRetriever / PremLocalizer on the TINY_SYNTHETIC corpus.
+TINY_PREM_NET = {
+    "visual_dim": TINY_SYNTHETIC["vcmr_visual_dim"],
+    "subtitle_dim": TINY_SYNTHETIC["subtitle_dim"],
+    "query_dim": TINY_SYNTHETIC["query_dim"],
+    "hidden_dim": 16,
+    "num_heads": 2,
+    "ffn_dim": 32,
+    "dropout": 0.0,
+}
+
 
 def write_random_rankings(
     cache_dir: Path, path: Path, seed: int = 0, splits: tuple[str, ...] = ("train", "val", "test")

@@ -23,7 +23,7 @@ from partial_relevance.inference.vcmr import (
 from partial_relevance.metrics.submission import ground_truth_from_tvr_jsonl, score_submission
 from partial_relevance.models.prem_localizer import PremLocalizer
 from partial_relevance.prem_pipeline import run_pipeline
-from prem_support import tiny_localizer_datamodule, write_random_rankings
+from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
 from support import TINY_SYNTHETIC
 
 
@@ -35,15 +35,7 @@ def datamodule(tmp_path_factory, synthetic_cache, tiny_corpus):
 
 def tiny_net(seed: int = 0) -> PremLocalizer:
     torch.manual_seed(seed)
-    net = PremLocalizer(
-        visual_dim=TINY_SYNTHETIC["vcmr_visual_dim"],
-        subtitle_dim=TINY_SYNTHETIC["subtitle_dim"],
-        query_dim=TINY_SYNTHETIC["query_dim"],
-        hidden_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-        dropout=0.0,
-    )
+    net = PremLocalizer(**TINY_PREM_NET)
     return net.eval()
 
 

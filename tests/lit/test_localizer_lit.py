@@ -10,8 +10,7 @@ import torch
 
 from partial_relevance.lit.localizer import PremLocalizerLitModule
 from partial_relevance.models.prem_localizer import PremLocalizer
-from prem_support import tiny_localizer_datamodule, write_random_rankings
-from support import TINY_SYNTHETIC
+from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +21,7 @@ def datamodule(tmp_path_factory, synthetic_cache, tiny_corpus):
 
 def make_module(seed: int = 0, **kwargs) -> PremLocalizerLitModule:
     torch.manual_seed(seed)
-    net = PremLocalizer(
-        visual_dim=TINY_SYNTHETIC["vcmr_visual_dim"],
-        subtitle_dim=TINY_SYNTHETIC["subtitle_dim"],
-        query_dim=TINY_SYNTHETIC["query_dim"],
-        hidden_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-        dropout=0.0,
-    )
+    net = PremLocalizer(**TINY_PREM_NET)
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     return PremLocalizerLitModule(net, optimizer, **kwargs)
 

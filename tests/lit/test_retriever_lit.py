@@ -30,6 +30,7 @@ from partial_relevance.lit.retriever import (
 from partial_relevance.metrics.vcmr import GroundTruth, vr_recall
 from partial_relevance.models.prem_retriever import PremRetriever, index_encoding
 from partial_relevance.train import train
+from prem_support import TINY_PREM_NET
 from support import TINY_SYNTHETIC, compose_train_config
 
 DIMS = {
@@ -57,15 +58,7 @@ def dm(synthetic_cache, tiny_corpus) -> VcmrRetrieverDataModule:
 
 def tiny_module(seed: int = 0, **kwargs) -> PremRetrieverLitModule:
     torch.manual_seed(seed)
-    net = PremRetriever(
-        visual_dim=DIMS["visual_dim"],
-        subtitle_dim=DIMS["subtitle_dim"],
-        query_dim=DIMS["query_dim"],
-        hidden_dim=16,
-        num_heads=2,
-        ffn_dim=32,
-        dropout=0.0,
-    )
+    net = PremRetriever(**TINY_PREM_NET)
     optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     return PremRetrieverLitModule(net, optimizer, **kwargs)
 
