@@ -359,7 +359,10 @@ class VcmrVideoDataset(Dataset):
         return self.split.num_videos
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        video = self.corpus.video_inputs(self.split.video_ids[index])
+        return self.item(index, self.corpus.video_inputs(self.split.video_ids[index]))
+
+    def item(self, index: int, video: Any) -> dict[str, Any]:
+        """The loader item of video `index` from its `VcmrCorpus.video_inputs`."""
         return {
             "video_index": index,
             "visual": video.visual,

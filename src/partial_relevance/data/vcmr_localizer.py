@@ -38,6 +38,7 @@ from partial_relevance.data.vcmr import (
     VcmrCorpus,
     VcmrRetrieverDataModule,
     VcmrSplit,
+    VcmrVideoDataset,
     collate_vcmr_queries,
     collate_vcmr_videos,
 )
@@ -264,23 +265,12 @@ def video_duration(
     return num_clips * scale * clip if math.isnan(duration) else duration
 
 
-class VcmrLocalizerEvalVideoDataset(Dataset):
+class VcmrLocalizerEvalVideoDataset(VcmrVideoDataset):
     """Evaluation side: every video of a split once, with its duration and pooling scale."""
 
-    def __init__(self, corpus: VcmrCorpus, split: VcmrSplit) -> None:
-        self.corpus = corpus
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.split.num_videos
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        video = self.corpus.video_inputs(self.split.video_ids[index])
+    def item(self, index: int, video: Any) -> dict[str, Any]:
         return {
-            "video_index": index,
-            "visual": video.visual,
-            "subtitle": video.subtitle,
-            "sub_mask": video.sub_mask,
+            **super().item(index, video),
             "scale": video.scale,
             "duration": video_duration(
                 self.split, index, video.num_clips, video.scale, self.corpus.clip_seconds
