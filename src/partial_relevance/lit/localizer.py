@@ -49,7 +49,7 @@ from partial_relevance.inference.vcmr import (
     predict_queries,
     run_vcmr,
 )
-from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
+from partial_relevance.lit.optim import optimizer_with_warmup
 from partial_relevance.losses.prem import adversarial_bce, localizer_loss, shared_norm_ce
 from partial_relevance.metrics.submission import write_submission
 from partial_relevance.models.precision import inference_net
@@ -268,13 +268,7 @@ class PremLocalizerLitModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW lr 1e-4, weight decay 0.01 (SPEC §5) from the partial optimizer config;
         no decay on biases, norms and embeddings. Optional linear warm-up/decay schedule."""
-        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        optimizer = self.optimizer_factory(parameter_groups(self, weight_decay))
-        if not self.warmup_fraction:
-            return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
-        scheduler = warmup_linear_schedule(optimizer, max(1, total_steps), self.warmup_fraction)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return optimizer_with_warmup(
+            self, self.optimizer_factory, self.warmup_fraction, total_steps
+        )

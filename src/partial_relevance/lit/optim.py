@@ -8,6 +8,7 @@ tensor at norm 1.0 inside the step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,3 +97,23 @@ def warmup_linear_schedule(
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return LambdaLR(optimizer, factor)
+
+
+def optimizer_with_warmup(
+    module: nn.Module,
+    optimizer_factory: Callable[..., Optimizer],
+    warmup_fraction: float,
+    total_steps: int,
+) -> Any:
+    """`configure_optimizers` of the PREM modules (SPEC §4-§5): the partial optimizer config
+    (its `weight_decay` keyword, no decay on biases, norms and embeddings), with a linear
+    warm-up / decay schedule over `total_steps` when `warmup_fraction` is set."""
+    weight_decay = getattr(optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+    optimizer = optimizer_factory(parameter_groups(module, weight_decay))
+    if not warmup_fraction:
+        return optimizer
+    scheduler = warmup_linear_schedule(optimizer, max(1, total_steps), warmup_fraction)
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+    }
