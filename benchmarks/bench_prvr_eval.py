@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from common import (
     add_peer_ratio,
-    last_json_line,
     load_average,
     machine_facts,
     peak_rss_mb,
     record_result,
+    run_config_process,
 )
 from msl_layout import LayoutSpec, write_layout
 
@@ -229,18 +228,9 @@ def main() -> None:
             notes.append(f"dataset: {root / args.collection} feature {args.feature}")
         rows: list[dict[str, Any]] = []
         for config in configs:
-            print(f"running {config} ...", flush=True)
-            done = subprocess.run(
-                child_command(args, root, config), capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                print(done.stdout + done.stderr, file=sys.stderr)
-                rows.append({"config": config, "error": done.stderr.strip().splitlines()[-1]})
-                continue
-            row = last_json_line(done.stdout)
-            print(row, flush=True)
+            row = run_config_process(child_command(args, root, config), config)
             rows.append(row)
-            if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
+            if "error" not in row and (row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES):
                 rows.append(extrapolate(row))
                 print(rows[-1], flush=True)
     full_scale = [

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import functools
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 from common import (
     add_peer_ratio,
-    last_json_line,
     load_average,
     machine_facts,
     peak_rss_mb,
     record_result,
+    run_config_process,
 )
 from msl_layout import LayoutSpec, write_layout
 from torch.utils.flop_counter import FlopCounterMode
@@ -237,16 +236,7 @@ def main() -> None:
             notes.append(f"dataset: {root / args.collection} feature {args.feature}")
         rows = []
         for config in configs:
-            print(f"running {config} ...", flush=True)
-            done = subprocess.run(
-                child_command(args, root, config), capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                print(done.stdout + done.stderr, file=sys.stderr)
-                rows.append({"config": config, "error": done.stderr.strip().splitlines()[-1]})
-                continue
-            row = last_json_line(done.stdout)
-            print(row, flush=True)
+            row = run_config_process(child_command(args, root, config), config)
             rows.append(row)
     fp32 = machine["matmul_gflops"]["fp32"]
     bf16 = machine["matmul_gflops"]["bf16"]

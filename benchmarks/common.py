@@ -14,6 +14,7 @@ import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -273,3 +274,16 @@ def last_json_line(stdout: str) -> dict[str, Any]:
     if not lines:
         raise RuntimeError("child process printed nothing")
     return json.loads(lines[-1])
+
+
+def run_config_process(command: list[str], config: str) -> dict[str, Any]:
+    """Run one benchmark configuration in its own process (its own peak RSS) and return the
+    row it prints as its last JSON line, or `{config, error}` when it fails."""
+    print(f"running {config} ...", flush=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stdout + done.stderr, file=sys.stderr)
+        return {"config": config, "error": done.stderr.strip().splitlines()[-1]}
+    row = last_json_line(done.stdout)
+    print(row, flush=True)
+    return row
