@@ -17,7 +17,6 @@ from torch import Tensor, nn
 from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
 from partial_relevance.losses.contrastive import multi_positive_infonce, triplet_ranking_loss
 from partial_relevance.losses.prvr import (
-    IRM_NCE_WEIGHT,
     ice_loss,
     ice_select_pairs,
     irm_neg_loss,
@@ -41,17 +40,17 @@ DEFAULT_LOSS = {
     "hard_negative_start_epoch": 20,
     "hard_topk": 20,
 }
-DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1}  # β_t, λ₃ (PRVR §4.1.3)
+# β_t, λ₃ (PRVR §4.1.3); nce_weight: λ₂ of Eq. 7 on ICE's InfoNCE (SPEC §3, revised).
+DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1, "nce_weight": 0.04}
 DEFAULT_IRM = {
     "enabled": False,
     "neg": True,
     "red": True,
     "shared_fc": True,
     "weight": 1.0,  # λ₄
-    # InfoNCE weight inside L_neg / L_red: 1 = SPEC §3 [decision] (PRVR §3.4 prints none);
-    # 0.04 = λ₂ of Eq. 7 (losses.prvr.IRM_NCE_WEIGHT_EQ7).
-    "neg_nce_weight": IRM_NCE_WEIGHT,
-    "red_nce_weight": IRM_NCE_WEIGHT,
+    # InfoNCE weight inside L_neg / L_red: λ₂ of Eq. 7 (SPEC §3, revised); 1 = unweighted.
+    "neg_nce_weight": 0.04,
+    "red_nce_weight": 0.04,
 }
 DEFAULT_TCP = {
     "enabled": False,
@@ -185,6 +184,7 @@ class PrvrLitModule(pl.LightningModule):
             cfg["nce_sim"],
             cfg["tau"],
             cfg["nce_average"],
+            nce_weight=self.ice_cfg["nce_weight"],
         )
         return {"L_ice": loss, "n_c": torch.tensor(float(len(query_idx)), device=q.device)}
 
