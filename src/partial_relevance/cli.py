@@ -1,7 +1,7 @@
 """What every command line does with a user's mistake: one line on stderr, exit status 1.
 
 `train`, `evaluate`, `tables`, `prem_pipeline` and the converter wrap their work in
-`one_line_errors()`. Bad data (`DataError`), a refused run directory (`RunRefused`) and a
+`one_line_errors()`. Bad data (`DataError`), a refused run directory (`RunRefusedError`) and a
 config value of the wrong type (`ConfigError`) print as `error: <message>` and exit 1;
 `HYDRA_FULL_ERROR=1` re-raises them with the full traceback. Any other exception is a bug
 and keeps its traceback.
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig
 
 from partial_relevance.data.errors import DataError
-from partial_relevance.run_dir import RunRefused
+from partial_relevance.run_dir import RunRefusedError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
     """A config value that cannot be what its target expects (`trainer.max_epochs=abc`)."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (DataError, RunRefused, ConfigError)
+USER_ERRORS: tuple[type[BaseException], ...] = (DataError, RunRefusedError, ConfigError)
 
 
 def full_error_requested() -> bool:

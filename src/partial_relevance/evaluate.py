@@ -55,7 +55,9 @@ def load_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
         zipfile.BadZipFile,
     ) as error:
         problem = " ".join(str(error).split())[:200] or type(error).__name__
-        raise DataError(path, f"not a readable checkpoint (truncated or not torch.save): {problem}")
+        raise DataError(
+            path, f"not a readable checkpoint (truncated or not torch.save): {problem}"
+        ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise DataError(path, "not a Lightning checkpoint: it holds no 'state_dict'")
     return checkpoint["state_dict"]

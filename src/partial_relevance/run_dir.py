@@ -28,7 +28,7 @@ RESOLVER = "pr_run_subdir"
 _LOCKS: dict[str, int] = {}
 
 
-class RunRefused(FileExistsError):
+class RunRefusedError(FileExistsError):
     """The run directory is finished or used by another live process."""
 
 
@@ -76,10 +76,10 @@ def refusal(run_dir: str | Path) -> str | None:
 
 
 def acquire(run_dir: str | Path) -> None:
-    """Raise RunRefused unless this process may write into `run_dir` (then it holds the lock)."""
+    """Raise RunRefusedError unless this process may write into `run_dir` (then holds its lock)."""
     reason = refusal(run_dir)
     if reason is not None:
-        raise RunRefused(reason)
+        raise RunRefusedError(reason)
 
 
 def release(run_dir: str | Path) -> None:
