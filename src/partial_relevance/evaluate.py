@@ -65,6 +65,7 @@ def load_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
 
 def check_checkpoint_fits(path: Path, model: pl.LightningModule) -> None:
     """Raise DataError naming `path` unless its weights fit `model` (keys and shapes)."""
+
     def plain(state: dict[str, Any]) -> dict[str, Any]:  # torch.compile adds `_orig_mod.`
         return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
 

@@ -16,8 +16,14 @@ class KillAt(pl.Callback):
     Nothing happens when the marker file `once` exists (so the rerun is not killed again).
     """
 
-    def __init__(self, hook: str, epoch: int = 0, batch: int = 0, sig: str = "SIGTERM",
-                 once: str | None = None) -> None:
+    def __init__(
+        self,
+        hook: str,
+        epoch: int = 0,
+        batch: int = 0,
+        sig: str = "SIGTERM",
+        once: str | None = None,
+    ) -> None:
         self.hook, self.epoch, self.batch, self.sig, self.once = hook, epoch, batch, sig, once
 
     def _fire(self, trainer: pl.Trainer, hook: str, batch_idx: int) -> None:

@@ -41,8 +41,6 @@ from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.stores import STORE_FORMATS, FeatureStore, open_store, require_keys
 from partial_relevance.data.stores.hdf5 import MASK_SUFFIX, Hdf5Store
 
-GROUPS = ("video", "sub", "query")
-
 
 @dataclass
 class SplitKeys:
