@@ -36,6 +36,7 @@ from common import (
     add_peer_ratio,
     load_average,
     machine_facts,
+    model_sections,
     peak_rss_mb,
     record_result,
     run_config_process,
@@ -92,23 +93,22 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     assert dm.corpus is not None
     net = PrvrBaseModel(dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden)
     precision, index_dtype = CONFIGS[args.config]
-    lit = PrvrLitModule(
-        net,
-        optimizer=functools.partial(BertAdamW, lr=2.5e-4),
-        evaluation={"precision": precision, "index_dtype": index_dtype},
-    )
+    evaluation = [f"model.evaluation.precision={precision}"]
+    evaluation.append(f"model.evaluation.index_dtype={index_dtype}")
+    sections = model_sections("prvr", evaluation)
+    lit = PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
     lit.eval()
     videos_loader, queries_loader = dm.eval_dataloaders("val")
     with torch.no_grad():
         lit.on_validation_epoch_start()
         video_s, video_read_s, n_videos = encode(lit, videos_loader, 0)
         query_s, _, n_queries = encode(lit, queries_loader, 1)
-        index = {k: v[0] for k, v in lit._eval_store.items() if k.startswith("index/")}
+        _, index = lit.eval_videos.compute()  # the stored per-video index tensors
         start = time.perf_counter()
         metrics = lit.score_eval_store()  # what every evaluation epoch ends with
         score_s = time.perf_counter() - start
     per_video_elems = sum(t[0].numel() for t in index.values())  # index tensors, one video
-    dtype = index["index/clips"].dtype
+    dtype = index["clips"].dtype
     return {
         "config": args.config,
         "videos": n_videos,

@@ -32,6 +32,7 @@ from common import (
     add_peer_ratio,
     load_average,
     machine_facts,
+    model_sections,
     peak_rss_mb,
     record_result,
     run_config_process,
@@ -58,15 +59,10 @@ def build(
     net = PrvrBaseModel(
         dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden, num_layers=args.layers
     )
-    full = model == "full"
-    return PrvrLitModule(
-        net,
-        optimizer=functools.partial(BertAdamW, lr=2.5e-4),
-        ice={"enabled": full},
-        irm={"enabled": full},
-        tcp={"enabled": full},
-        activation_checkpointing=checkpointing,
-    )
+    full = str(model == "full").lower()
+    modules = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
+    sections = model_sections("prvr", [*modules, f"model.activation_checkpointing={checkpointing}"])
+    return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
