@@ -83,6 +83,11 @@ class PartialRelevanceModule(pl.LightningModule):
             if not isinstance(value, Mapping)
         ]
         self.save_hyperparameters(ignore=ignore, logger=False)
+        # Plain containers, not DictConfig: checkpoints stay loadable with weights_only=True.
+        for hparams in (self._hparams, getattr(self, "_hparams_initial", {})):
+            for key, value in hparams.items():
+                if OmegaConf.is_config(value):
+                    hparams[key] = OmegaConf.to_container(value, resolve=True)
         self.net = build_net(net)
         self.optimizer_factory = build_optimizer_factory(optimizer)
         self.warmup_fraction = warmup_fraction
