@@ -60,8 +60,9 @@ from partial_relevance.inference.vcmr import (
     run_vcmr,
     split_ground_truth,
 )
+from partial_relevance.metrics.retrieval import DEFAULT_KS
 from partial_relevance.metrics.submission import score_submission
-from partial_relevance.metrics.vcmr import DEFAULT_IOUS, DEFAULT_KS, metric_key
+from partial_relevance.metrics.vcmr import DEFAULT_IOUS, metric_key
 from partial_relevance.train import CONFIG_DIR, train
 
 __all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]

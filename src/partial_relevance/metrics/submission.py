@@ -17,9 +17,9 @@ import numpy as np
 
 from partial_relevance.data.annotations import read_moment_jsonl, read_video2dur_idx
 from partial_relevance.data.errors import DataError
+from partial_relevance.metrics.retrieval import DEFAULT_KS
 from partial_relevance.metrics.vcmr import (
     DEFAULT_IOUS,
-    DEFAULT_KS,
     MAX_PREDICTIONS,
     GroundTruth,
     evaluate_all,

@@ -29,7 +29,6 @@ from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
     "DEFAULT_IOUS",
-    "DEFAULT_KS",
     "MAX_PREDICTIONS",
     "QUERY_TYPES",
     "GroundTruth",
