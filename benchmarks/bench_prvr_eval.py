@@ -31,18 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common as bench
 import torch
-from common import (
-    add_peer_ratio,
-    benchmark_parser,
-    load_average,
-    matmul_flops,
-    peak_rss_mb,
-    percent_of_peak,
-    record_args,
-    run_parent_or_child,
-)
-from msl_layout import LayoutSpec
+from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
@@ -121,7 +112,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return [video_s, video_read_s, query_s, score_s], [n_videos, n_queries, index, metrics]
 
     (video_s, video_read_s, query_s, score_s), (n_videos, n_queries, index, metrics) = evaluate()
-    peak = matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1e9
+    peak = bench.matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1e9
     gflop: dict[str, float] = {}
 
     @contextlib.contextmanager
@@ -148,14 +139,14 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "GFLOP video/query/scoring": [round(gflop[k], 1) for k in ("video", "query", "scoring")],
         "achieved GFLOP/s": round(total_gflop / total_s, 1),
         "matmul GFLOP/s": round(peak, 1),
-        "% of peak": percent_of_peak(total_gflop / total_s, peak),
-        "peak RSS MiB": peak_rss_mb(),
+        "% of peak": bench.percent_of_peak(total_gflop / total_s, peak),
+        "peak RSS MiB": bench.peak_rss_mb(),
         "index dtype": str(dtype).replace("torch.", ""),
         "index B/video": per_video_elems * dtype.itemsize,
         "index B/video fp32": per_video_elems * 4,
         "index B/video fp16": per_video_elems * 2,
         "SumR (random model)": round(metrics["SumR"], 2),
-        "load avg": load_average()[:1],
+        "load avg": bench.load_average()[:1],
     }
 
 
@@ -167,6 +158,7 @@ def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
     score_s = row["scoring s"] * fv * fq
     video_f, query_f, score_f = row["GFLOP video/query/scoring"]  # the same proportions
     gflop = video_f * fv + query_f * fq + score_f * fv * fq
+    achieved = gflop / (video_s + query_s + score_s)
     return {
         "config": f"{row['config']} (extrapolated)",
         "videos": TVR_VIDEOS,
@@ -177,50 +169,35 @@ def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
         "scoring s": round(score_s, 2),
         "total s": round(video_s + query_s + score_s, 1),
         "GFLOP": round(gflop, 1),
-        "achieved GFLOP/s": round(gflop / (video_s + query_s + score_s), 1),
+        "achieved GFLOP/s": round(achieved, 1),
         "matmul GFLOP/s": row["matmul GFLOP/s"],
-        "% of peak": percent_of_peak(gflop / (video_s + query_s + score_s), row["matmul GFLOP/s"]),
+        "% of peak": bench.percent_of_peak(achieved, row["matmul GFLOP/s"]),
         "index dtype": row["index dtype"],
         "index B/video": row["index B/video"],
     }
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, collection="tvr", feature="i3d_resnet", configs=CONFIGS)
+    parser = bench.benchmark_parser(
+        __doc__, collection="tvr", feature="i3d_resnet", configs=CONFIGS
+    )
+    add_layout_arguments(parser, video_dim=3072, query_dim=768, max_tokens=25)  # TVR
     parser.add_argument("--split", default="val", help="caption split to evaluate (with --root)")
     parser.add_argument(
         "--scale", type=float, default=0.25, help="fraction of TVR's 2,179 videos × 10,895 queries"
     )
-    parser.add_argument("--queries-per-video", type=int, default=5, help="TVR: 5")
     parser.add_argument("--min-frames", type=int, default=40, help="generated frames, min")
     parser.add_argument("--max-frames", type=int, default=100, help="generated frames, max")
-    parser.add_argument("--video-dim", type=int, default=3072, help="TVR i3d_resnet: 3072")
-    parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
-    parser.add_argument("--max-tokens", type=int, default=25, help="generated tokens, max")
-    parser.add_argument("--query-dim", type=int, default=768, help="TVR RoBERTa: 768")
-    parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
     parser.add_argument("--eval-batch", type=int, default=256, help="queries per eval batch")
     parser.add_argument("--eval-video-batch", type=int, default=64, help="videos per eval batch")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     args = parser.parse_args()
     if args.root is None and not args.child:
         args.split = "val"  # the generated collection's evaluated split
 
     def layout() -> LayoutSpec:
-        return LayoutSpec(
-            collection=args.collection,
-            feature=args.feature,
-            splits={"val": max(2, round(TVR_VIDEOS * args.scale)), "train": 0},
-            video_dim=args.video_dim,
-            query_dim=args.query_dim,
-            min_frames=args.min_frames,
-            max_frames=args.max_frames,
-            queries_per_video=args.queries_per_video,
-            min_tokens=args.min_tokens,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-            copy_of={"train": "val"},
-        )
+        videos = max(2, round(TVR_VIDEOS * args.scale))
+        frames = (args.min_frames, args.max_frames)
+        return layout_from_args(args, {"val": videos, "train": 0}, frames, {"train": "val"})
 
     def after_row(row: dict[str, Any]) -> list[dict[str, Any]]:
         if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
@@ -228,7 +205,7 @@ def main() -> None:
             return [extrapolate(row)]
         return []
 
-    done = run_parent_or_child(
+    done = bench.run_parent_or_child(
         parser,
         args,
         script=__file__,
@@ -247,7 +224,7 @@ def main() -> None:
         if "total s" in row and row["videos"] == TVR_VIDEOS and row["queries"] == TVR_QUERIES
     ]
     notes.append(
-        add_peer_ratio(
+        bench.add_peer_ratio(
             full_scale,
             measured="total s",
             column="x GMMFormer (projected)",
@@ -274,7 +251,7 @@ def main() -> None:
         "peers (their hosts, not this one): TVR-scale evaluation MS-SL 507 s (host B) / 747 s "
         "(host A), GMMFormer 63 s (host B); 500 q × 100 videos ≈ 1.7–1.9 s",
     ]
-    record_args("bench_prvr_eval", args, rows, machine, notes)
+    bench.record_args("bench_prvr_eval", args, rows, machine, notes)
 
 
 if __name__ == "__main__":

@@ -30,19 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common as bench
 import torch
-from common import (
-    SavedActivations,
-    add_peer_ratio,
-    benchmark_parser,
-    load_average,
-    matmul_flops,
-    peak_rss_mb,
-    percent_of_peak,
-    record_args,
-    run_parent_or_child,
-)
-from msl_layout import LayoutSpec
+from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
@@ -160,8 +150,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             n_c.append(float(terms["n_c"]))
     total = time.perf_counter() - start
     compute = sum(step_seconds)
-    peak_rss = peak_rss_mb()  # of training itself: the untimed steps below hold more
-    peak = matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
+    peak_rss = bench.peak_rss_mb()  # of training itself: the untimed steps below hold more
+    peak = bench.matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
     batch = next(stream)
     with FlopCounterMode(display=False) as counter:
         step(batch, update=False)
@@ -180,40 +170,34 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "GFLOP/step": round(flops_per_step / 1e9, 1),
         "achieved GFLOP/s": round(achieved, 1),
         "matmul GFLOP/s": round(peak, 1),
-        "% of peak": percent_of_peak(achieved, peak),
-        "% of peak (fastest step)": percent_of_peak(fastest, peak),
+        "% of peak": bench.percent_of_peak(achieved, peak),
+        "% of peak (fastest step)": bench.percent_of_peak(fastest, peak),
         "params (M)": round(sum(p.numel() for p in lit.parameters()) / 1e6, 3),
         "peak RSS MiB": peak_rss,
         "queries/step": round(queries / args.steps, 1),
-        "load avg": load_average()[:1],
+        "load avg": bench.load_average()[:1],
     }
     if n_c:
         row["ICE n_c/step"] = round(sum(n_c) / len(n_c), 1)
     if args.memory and "compile" not in options:  # module hooks see no compiled module
-        with SavedActivations(lit) as saved:
+        with bench.SavedActivations(lit) as saved:
             step(next(stream), update=False)
         row.update(saved.summary())
     return row
 
 
 def main() -> None:
-    parser = benchmark_parser(
+    parser = bench.benchmark_parser(
         __doc__, collection="charades", feature="i3d_rgb_lgi", configs=CONFIGS
     )
+    add_layout_arguments(parser, video_dim=1024, query_dim=1024, max_tokens=20)
     parser.add_argument("--videos", type=int, default=128, help="generated train videos")
     parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
-    parser.add_argument("--video-dim", type=int, default=1024, help="generated video feature dim")
-    parser.add_argument("--queries-per-video", type=int, default=5, help="generated queries")
-    parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
-    parser.add_argument("--max-tokens", type=int, default=20, help="generated tokens, max")
-    parser.add_argument("--query-dim", type=int, default=1024, help="generated token dim")
     parser.add_argument("--batch-videos", type=int, default=32, help="videos per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument(
         "--warmup", type=int, default=1, help="untimed steps first (compile happens here)"
     )
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
     parser.add_argument(
         "--memory",
@@ -224,23 +208,11 @@ def main() -> None:
     args = parser.parse_args()
 
     def layout() -> LayoutSpec:
-        return LayoutSpec(
-            collection=args.collection,
-            feature=args.feature,
-            splits={"train": args.videos, "val": 0},
-            video_dim=args.video_dim,
-            query_dim=args.query_dim,
-            min_frames=args.frames,
-            max_frames=args.frames,
-            queries_per_video=args.queries_per_video,
-            min_tokens=args.min_tokens,
-            max_tokens=args.max_tokens,
-            seed=args.seed,
-            copy_of={"val": "train"},
-        )
+        frames = (args.frames, args.frames)
+        return layout_from_args(args, {"train": args.videos, "val": 0}, frames, {"val": "train"})
 
     child_args = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "memory")
-    done = run_parent_or_child(
+    done = bench.run_parent_or_child(
         parser,
         args,
         script=__file__,
@@ -255,7 +227,7 @@ def main() -> None:
     timed = [row for row in rows if "achieved GFLOP/s" in row]
     # The faster peer on the EPYC host A: MS-SL up to 64 q/s (GMMFormer up to 59).
     notes.append(
-        add_peer_ratio(
+        bench.add_peer_ratio(
             timed,
             measured="queries/s",
             column="x faster peer (projected)",
@@ -283,7 +255,7 @@ def main() -> None:
         "peers (their hosts, not this one): MS-SL 74–94 q/s (AMX Xeon host B), 22–64 (EPYC "
         "host A); GMMFormer 63–93 (51–59); peak RSS MS-SL 3.5–3.7 GB, GMMFormer 6.0 GB",
     ]
-    record_args("bench_prvr_train", args, rows, machine, notes)
+    bench.record_args("bench_prvr_train", args, rows, machine, notes)
 
 
 if __name__ == "__main__":
