@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.train import CONFIG_DIR, _flat_metrics, format_metrics
+from partial_relevance.train import CONFIG_PATH, _flat_metrics, format_metrics
 
 
 def resolve_checkpoint(run_dir: Path, ckpt_path: str | None) -> Path:
@@ -74,7 +74,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -51,9 +51,9 @@ from typing import Any
 
 import yaml
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = REPO_DIR / "experiments"
-CONF_DIR = REPO_DIR / "conf"
+# Packaged with the code (src/partial_relevance/{experiments,conf} -> the repo's folders).
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 DATA_MODES = ("synthetic", "real")
 ROW_GROUP = "table_row"  # the config group the row files form
 RETRIEVER_DIR = "_retrievers"  # under the tables root: retriever runs any table may reuse

@@ -21,7 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from partial_relevance.metrics.retrieval import chance_recall
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package (src/partial_relevance/conf -> ../../conf, package data):
+# Hydra searches them as `pkg://`, in-process composers (initialize_config_dir) use the path.
+CONFIG_PATH = "pkg://partial_relevance.conf"
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -163,7 +166,7 @@ def train(cfg: DictConfig) -> float:
     return float(monitored)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 
