@@ -76,20 +76,27 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def format_metrics(metrics: dict[str, float], prefixes: tuple[str, ...] = ("val", "test")) -> str:
     """A small aligned table of R@k/SumR per split, with chance beside it."""
-    lines = []
     names = ("R@1", "R@5", "R@10", "R@100", "SumR")
-    lines.append(f"{'split':<14}" + "".join(f"{n:>9}" for n in names))
+    rows: list[tuple[str, list[float | None]]] = []
     for prefix in prefixes:
-        # PREM's retriever reports VR_R@k; the chance level is keyed without the task prefix.
-        task = "VR_" if f"{prefix}/VR_SumR" in metrics else ""
-        for label, suffix in ((prefix, ""), (f"{prefix} chance", "_chance")):
-            stem = "" if suffix else task
-            row = [metrics.get(f"{prefix}/{stem}{n}{suffix}") for n in names]
-            if any(v is not None for v in row):
-                lines.append(
-                    f"{label:<14}"
-                    + "".join(f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in row)
-                )
+        # PREM's retriever (and the localizer's VR) report VR_R@k; the chance level is keyed
+        # without the task prefix.
+        task = "VR_" if f"{prefix}/VR_R@1" in metrics else ""
+        rows.append(
+            (f"{prefix} {task[:-1]}".strip(), [metrics.get(f"{prefix}/{task}{n}") for n in names])
+        )
+        # The PREM localizer's moment retrieval: VCMR / SVMR R@k at each IoU threshold.
+        for moment_task in ("VCMR", "SVMR"):
+            for iou in ("0.5", "0.7"):
+                row = [metrics.get(f"{prefix}/{moment_task}_{n} IoU{iou}") for n in names]
+                rows.append((f"{prefix} {moment_task}@{iou}", row))
+        rows.append((f"{prefix} chance", [metrics.get(f"{prefix}/{n}_chance") for n in names]))
+    width = max(14, *(len(label) + 1 for label, _ in rows))
+    lines = [f"{'split':<{width}}" + "".join(f"{n:>9}" for n in names)]
+    for label, row in rows:
+        if any(v is not None for v in row):
+            cells = "".join(f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in row)
+            lines.append(f"{label:<{width}}{cells}")
     return "\n".join(lines)
 
 
