@@ -51,6 +51,8 @@ from typing import Any
 
 import yaml
 
+from partial_relevance.cli import exits_on_user_error
+
 # Packaged with the code (src/partial_relevance/{experiments,conf} -> the repo's folders).
 EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -615,6 +617,7 @@ def run_retrievers(
     return status
 
 
+@exits_on_user_error  # DataError, refused run, bad config value: one line, exit 1
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_table_spec(args.table)
