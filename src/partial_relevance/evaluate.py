@@ -25,7 +25,7 @@ from partial_relevance import run_dir as run_dirs
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.lit.callbacks import SIGTERM_EXIT
-from partial_relevance.train import CONFIG_DIR, _flat_metrics, chance_metrics, format_metrics
+from partial_relevance.train import CONFIG_PATH, _flat_metrics, chance_metrics, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _evaluate(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
     """`python -m partial_relevance.evaluate`: one line on stderr and exit 1 on a user error."""

@@ -10,15 +10,16 @@
 `--out` (default `outputs/prem_pipeline/runs/<timestamp>`):
 
 1. `retriever/`: `train(cfg)` with `experiment=prem_retriever_synthetic_small` (`--size
-   full`: `prem_retriever_synthetic`) (VR metrics, checkpoint); its export step writes
-   `retriever/rankings.h5` (top-100 videos and scores of every query of every split, SPEC
-   §6.1).
+   full`: `prem_retriever_synthetic`) (VR metrics, checkpoint); its export step writes the
+   ranking file (`model.ranking.file`, by default `retriever/rankings.h5`: top-100 videos
+   and scores of every query of every split, SPEC §6.1), whose path `train(cfg)` returns in
+   `RunResult.artifacts["ranking_file"]`: every stage output is passed on by value.
 2. `localizer/`: `train(cfg)` with `experiment=prem_synthetic_small` (`--size full`:
-   `prem_synthetic`) and `data.ranking_file=retriever/rankings.h5`: negatives from the train
+   `prem_synthetic`) and `data.ranking_file=<that path>`: negatives from the train
    rankings (SPEC §5), the checkpoint with the best `val/VCMR_selection`; its export step
    reruns the VCMR pipeline (SPEC §6) with the best weights and writes `submission_val.json`
    (TVR format) and `vcmr_results_val.json` (the metrics computed in memory) beside
-   `metrics.json`.
+   `metrics.json`, both reported in its `RunResult.artifacts`.
 3. The random-localizer baseline: the same pipeline on the same retrieved videos with uniform
    start / end logits (`inference.vcmr.UniformLocalizer`); written to
    `localizer/random_localizer_val.json`.
@@ -62,11 +63,12 @@ from partial_relevance.inference.vcmr import (
 )
 from partial_relevance.metrics.submission import score_submission
 from partial_relevance.metrics.vcmr import DEFAULT_IOUS, DEFAULT_KS, metric_key
-from partial_relevance.train import CONFIG_DIR, train
+from partial_relevance.train import CONFIG_DIR, RunResult, train
 
 __all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]
 
-DEFAULT_COMMON = ("logger=csv", "trainer.enable_progress_bar=false")
+# Lightning's progress bars stay on: each stage shows its epochs, batches and evaluation.
+DEFAULT_COMMON = ("logger=csv",)
 # The experiment of each stage per `--size`: `small` (the default of `make train-prem`) fits
 # both stages in ~5 minutes on a 2-core CPU (conf/experiment/*_small.yaml say how and why);
 # `full` is the full synthetic corpus. The two stages of a size read the same corpus.
@@ -157,6 +159,17 @@ def _threads(value: str) -> int:
     return max(1, min(cores, int(cores - round(load))))
 
 
+def _artifact(result: RunResult, name: str, stage: str) -> Path:
+    """A file a stage wrote, as its `train(cfg)` reports it (never a guessed file name)."""
+    path = result.artifacts.get(name)
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(
+            f"{stage} run {result.output_dir} reported no {name!r} file "
+            f"(artifacts: {sorted(result.artifacts)}); see its metrics.json"
+        )
+    return Path(path)
+
+
 def run_pipeline(
     out: Path,
     common: Sequence[str] = DEFAULT_COMMON,
@@ -176,8 +189,7 @@ def run_pipeline(
         cfg = compose_stage(
             [f"experiment={experiments['retriever']}", *common, *retriever], out / "retriever"
         )
-        train(cfg)
-        ranking_file = str(out / "retriever" / "rankings.h5")
+        ranking_file = str(_artifact(train(cfg), "ranking_file", "the retriever"))
         timings["retriever_s"] = time.perf_counter() - start
     else:
         print(f"[1/4] retriever skipped: rankings from {ranking_file}", flush=True)
@@ -194,7 +206,9 @@ def run_pipeline(
         ],
         loc_dir,
     )
-    train(cfg)
+    located = train(cfg)
+    submission = _artifact(located, f"{split}/submission", "the localizer")
+    results_path = _artifact(located, f"{split}/vcmr_results", "the localizer")
     timings["localizer_s"] = time.perf_counter() - t
 
     print("[3/4] random-localizer baseline on the same retrieved videos", flush=True)
@@ -206,13 +220,12 @@ def run_pipeline(
     (loc_dir / f"random_localizer_{split}.json").write_text(json.dumps(baseline, indent=2))
     timings["baseline_s"] = time.perf_counter() - t
 
-    results_path = loc_dir / f"vcmr_results_{split}.json"
     ours = json.loads(results_path.read_text())
     print(format_tables(ours, baseline, split))
 
-    print(f"\n[4/4] scoring {loc_dir / f'submission_{split}.json'} back", flush=True)
+    print(f"\n[4/4] scoring {submission} back", flush=True)
     split_data = datamodule.all_splits()[split]
-    scored = score_submission(loc_dir / f"submission_{split}.json", split_ground_truth(split_data))
+    scored = score_submission(submission, split_ground_truth(split_data))
     problems = compare_results(ours, scored)
     n_values = sum(len(v) for v in ours.values())
     if problems:
