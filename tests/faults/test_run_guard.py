@@ -141,7 +141,7 @@ def test_tables_and_pipeline_print_data_errors_in_one_line(module, monkeypatch, 
 
     target = "load_table_spec" if module == "tables" else "run_pipeline"
     monkeypatch.setattr(mod, target, bad)
-    argv = ["prvr_ablation"] if module == "tables" else ["--threads", "1"]
+    argv = ["--table", "prvr_ablation"] if module == "tables" else ["--threads", "1"]
     threads = torch.get_num_threads()
     try:
         with pytest.raises(SystemExit) as stop:
