@@ -171,16 +171,20 @@ def test_sigterm_in_final_test_exits_143_and_rerun_only_evaluates(
 def test_a_second_live_run_is_refused(tmp_path, tiny_corpus, synthetic_cache):
     logs = tmp_path / "outputs"
     out = run_dir(logs, "busy")
-    out.mkdir(parents=True)
+    (out / ".hydra").mkdir(parents=True)  # what the live run has written so far
+    (out / ".hydra" / "config.yaml").write_text("model: {net: {hidden_dim: 16}}\n")
+    (out / "train.log").write_text("[INFO] - epoch 0\n")
     fd = os.open(out / "run.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"4242\n")
+    before = snapshot(out)
     try:
-        refused = run(train_args(logs, synthetic_cache, "busy"))
+        refused = run(train_args(logs, synthetic_cache, "busy", "model.net.hidden_dim=32"))
     finally:
         os.close(fd)
     assert refused.returncode == 1
     assert len(error_lines(refused.stderr)) == 1 and "in use by another live run" in refused.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]  # no .hydra, no train.log
+    assert snapshot(out) == before  # the live run's config and log untouched
 
 
 def test_user_errors_are_one_line_and_full_error_shows_the_traceback(tmp_path, synthetic_cache):
@@ -190,10 +194,18 @@ def test_user_errors_are_one_line_and_full_error_shows_the_traceback(tmp_path, s
     assert error_lines(bad_type.stderr) == [
         "error: config trainer.max_epochs='abc': expected int | None, got str"
     ]
-    no_data = ["data.synthetic=null", f"data.root={tmp_path / 'absent'}"]
+    no_data = [
+        "data.synthetic=null",
+        f"data.root={tmp_path / 'absent'}",
+        "data.video_dim=32",
+        "data.query_dim=16",
+    ]
     missing = run(train_args(logs, synthetic_cache, "nodata", *no_data))
     assert missing.returncode == 1 and "absent" in error_lines(missing.stderr)[0]
     full = run(train_args(logs, synthetic_cache, "nodata2", *no_data), full_error=True)
+    dangling = run(train_args(logs, synthetic_cache, "dangling", "data.synthetic=null"))
+    assert dangling.returncode == 1
+    assert "config data.video_dim" in error_lines(dangling.stderr)[0]
     assert full.returncode == 1 and "Traceback" in full.stderr and "DataError" in full.stderr
 
     ckpt = tmp_path / "cut.ckpt"

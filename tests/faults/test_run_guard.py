@@ -128,3 +128,26 @@ def test_run_result_and_artifacts(tmp_path, synthetic_cache):
     with pytest.raises(run_dir.RunRefusedError, match="read-only"):
         train(compose_train_config(tiny("model.net.hidden_dim=8"), out, synthetic_cache))
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("module", ["tables", "prem_pipeline"])
+def test_tables_and_pipeline_print_data_errors_in_one_line(module, monkeypatch, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"partial_relevance.{module}")
+
+    def bad(*args, **kwargs):
+        raise DataError("/data/rankings.h5", "split 'val', query row 3 ('17'): non-finite score")
+
+    target = "load_table_spec" if module == "tables" else "run_pipeline"
+    monkeypatch.setattr(mod, target, bad)
+    argv = ["--table", "prvr_ablation"] if module == "tables" else ["--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            mod.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: /data/rankings.h5: split 'val'")
