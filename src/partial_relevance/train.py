@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from partial_relevance import run_dir
+from partial_relevance import quiet, run_dir
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.lit.callbacks import SIGTERM_EXIT, AtomicCheckpointIO
 from partial_relevance.metrics.retrieval import chance_recall
@@ -36,6 +36,9 @@ CONFIG_PATH = "pkg://partial_relevance.conf"
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 FIT_COMPLETE = "fit_complete.json"  # in checkpoints/: the fit ended; a rerun only evaluates
 log = logging.getLogger(__name__)
+# Known-harmless third-party console noise (partial_relevance/quiet.py), before Hydra's app
+# (and an Optuna sweeper) starts: every entry point imports this module.
+quiet.install()
 
 
 @dataclass(frozen=True)
