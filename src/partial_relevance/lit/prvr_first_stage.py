@@ -64,9 +64,8 @@ class PrvrFirstStageLitModule(PrvrLitModule):
         index: dict[str, list[Tensor]] = {}
         order: list[Tensor] = []
         for batch in video_loader:
-            enc = net.encode_videos(
-                batch["moments"].to(device), batch["frames"].to(device), batch["frame_mask"].to(device)
-            )
+            moments, frames = batch["moments"].to(device), batch["frames"].to(device)
+            enc = net.encode_videos(moments, frames, batch["frame_mask"].to(device))
             for key, value in net.index_videos(enc).items():
                 index.setdefault(key, []).append(value.float())
             order.append(batch["video_index"])
