@@ -77,6 +77,7 @@ class Row:
     data: dict[str, tuple[str, ...]]  # data mode -> overrides
     paper: dict[str, float | None]  # column name -> the paper's number (None: "-")
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> own metric keys
+    reference: bool = False  # the paper's numbers only (e.g. another method's): never run
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) 
                 overrides=_strings(row.get("overrides"), f"{where}: rows[{i}].overrides"),
                 data=_per_mode(row.get("data"), f"{where}: rows[{i}].data"),
                 paper={k: (None if v is None else float(v)) for k, v in paper.items()},
+                reference=bool(row.get("reference", False)),
             )
         )
     if not rows:
@@ -274,6 +276,8 @@ def plan_jobs(
     jobs = []
     keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
     for row in spec.rows:
+        if row.reference:  # printed beside ours, nothing to run
+            continue
         overrides = row_overrides(spec, row, data)
         stage1 = [f"retriever={retrievers[seeds[0]].key}"] if retrievers else []
         digest = overrides_hash([*overrides, *extra, *stage1])
@@ -483,7 +487,7 @@ def render_markdown(
             std = s.std.get(column.name, math.nan)
             ours = _fmt(mean) if mean is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
             cells += [ours, _fmt(s.row.paper.get(column.name))]
-        cells.append(str(s.n))
+        cells.append("ref." if s.row.reference else str(s.n))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
