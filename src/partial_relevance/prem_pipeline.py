@@ -53,6 +53,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from partial_relevance.cli import exits_on_user_error
 from partial_relevance.inference.vcmr import (
     UniformLocalizer,
     VcmrInferenceConfig,
@@ -231,6 +232,7 @@ def run_pipeline(
     }
 
 
+@exits_on_user_error  # DataError, refused run, bad config value: one line, exit 1
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m partial_relevance.prem_pipeline",

@@ -51,6 +51,8 @@ from typing import Any
 
 import yaml
 
+from partial_relevance.cli import exits_on_user_error
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = REPO_DIR / "experiments"
 CONF_DIR = REPO_DIR / "conf"
@@ -619,6 +621,7 @@ def run_retrievers(
     return status
 
 
+@exits_on_user_error  # DataError, refused run, bad config value: one line, exit 1
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_table_spec(args.table)

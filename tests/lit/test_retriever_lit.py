@@ -278,7 +278,7 @@ def test_train_in_process_writes_metrics_and_a_ranking_file(tmp_path, synthetic_
     ]
     cfg = compose_train_config(overrides, out, synthetic_cache)
     assert cfg.monitor == "val/VR_SumR"
-    monitored = train(cfg)
+    monitored = train(cfg).monitored
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("val", "test"):
         for name in ("VR_R@1", "VR_R@5", "VR_R@10", "VR_R@100", "VR_SumR"):

@@ -18,10 +18,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from partial_relevance.data.annotations import Query, read_caption_file, videos_in_order
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import prvr_query_input, prvr_video_inputs
-from partial_relevance.data.stores.bigfile import BigFileStore
-from partial_relevance.data.stores.hdf5 import Hdf5Store
+from partial_relevance.data.stores import open_store, require_nonempty
 from partial_relevance.data.synthetic import (
     COLLECTION,
     PRVR_FEATURE,
@@ -70,11 +70,11 @@ class PrvrCorpus:
         self.collection_dir = require_exists(self.root / collection, "PRVR collection directory")
         self.collection = collection
         self.text_dir = self.collection_dir / "TextData"
-        self.video_store = BigFileStore(
-            self.collection_dir / "FeatureData" / feature, expected_dim=video_dim
+        self.video_store = open_store(
+            "bigfile", self.collection_dir / "FeatureData" / feature, expected_dim=video_dim
         )
-        self.query_store = Hdf5Store(
-            self.text_dir / f"roberta_{collection}_query_feat.hdf5", expected_dim=query_dim
+        self.query_store = open_store(
+            "hdf5", self.text_dir / f"roberta_{collection}_query_feat.hdf5", query_dim
         )
         self.num_moments = num_moments
         self.max_frames = max_frames
@@ -108,6 +108,7 @@ class PrvrCorpus:
                     self.video_store.path / "video2frames.txt",
                     f"video {video!r} (from {path.name}) has no features",
                 )
+        require_nonempty(self.query_store, (q.query_id for q in queries), path)
         return make_split(split, queries)
 
     def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,18 +193,6 @@ class PrvrQueryDataset(Dataset):
             "video_index": int(self.split.query_video[index]),
             "tokens": self.corpus.query_input(self.split.queries[index].query_id),
         }
-
-
-def pad_sequences(arrays: list[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Stack `[n_i, D]` arrays into `[B, max n, D]` zero-padded plus a bool mask `[B, max n]`."""
-    lengths = [len(a) for a in arrays]
-    dim = arrays[0].shape[-1]
-    out = np.zeros((len(arrays), max(lengths), dim), dtype=np.float32)
-    mask = np.zeros((len(arrays), max(lengths)), dtype=bool)
-    for i, a in enumerate(arrays):
-        out[i, : len(a)] = a
-        mask[i, : len(a)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
 
 
 def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:

@@ -45,6 +45,7 @@ from partial_relevance.data.annotations import (
     read_video2dur_idx,
     videos_in_order,
 )
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import (
     CLIP_SECONDS,
@@ -52,8 +53,12 @@ from partial_relevance.data.preprocess import (
     l2_normalize_rows,
     vcmr_video_inputs,
 )
-from partial_relevance.data.prvr import pad_sequences
-from partial_relevance.data.stores import FeatureStore, open_store, require_keys
+from partial_relevance.data.stores import (
+    FeatureStore,
+    open_store,
+    require_keys,
+    require_nonempty,
+)
 from partial_relevance.data.synthetic import SPLITS, SyntheticConfig, ensure_corpus
 
 ANNOTATION_FORMATS = ("tvr", "didemo_raw", "didemo_jsonl")
@@ -262,6 +267,7 @@ class VcmrCorpus:
             query_video[qi] = position[query.video_id]
 
         require_keys(self.query_store, (q.query_id for q in queries), path)
+        require_nonempty(self.query_store, (q.query_id for q in queries), path)
         require_keys(self.video_store, video_ids, path)
         if self.sub_store is not None:
             require_keys(self.sub_store, video_ids, path)

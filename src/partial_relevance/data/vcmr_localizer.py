@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.data.prvr import pad_sequences
 from partial_relevance.data.rankings import SplitRanking, ranking_splits, read_rankings
 from partial_relevance.data.vcmr import (
     QUERY_TYPE_CODES,

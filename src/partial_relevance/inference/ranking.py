@@ -29,7 +29,7 @@ from partial_relevance.data.rankings import (
     read_rankings,
     write_rankings,
 )
-from partial_relevance.metrics.retrieval import ranks_from_scores
+from partial_relevance.metrics.retrieval import finite_scores, ranks_from_scores
 
 __all__ = [
     "DEFAULT_MAX_ELEMENTS",
@@ -132,7 +132,10 @@ def rank_corpus(
     for start in range(0, num_queries, max(1, chunk)):
         rows = slice(start, min(start + chunk, num_queries))
         scores = score_fn(rows)  # [c, V]
-        values, indices = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+        # Non-finite scores are the worst (never listed ahead of a real score; SPEC §7).
+        values, indices = torch.topk(
+            finite_scores(scores), min(k, scores.shape[1]), dim=1, sorted=True
+        )
         top_scores.append(values)
         top_indices.append(indices)
         if positive is not None:

@@ -7,6 +7,7 @@ the evaluation split at epoch end.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,6 @@ from torch import Tensor, nn
 from partial_relevance.lit.optim import parameter_groups, warmup_linear_schedule
 from partial_relevance.losses.contrastive import multi_positive_infonce, triplet_ranking_loss
 from partial_relevance.losses.prvr import (
-    IRM_NCE_WEIGHT,
     ice_loss,
     ice_select_pairs,
     irm_neg_loss,
@@ -26,7 +26,7 @@ from partial_relevance.losses.prvr import (
     tcp_loss,
     tcp_shuffle,
 )
-from partial_relevance.metrics.retrieval import chunked_ranks, recall_at_k
+from partial_relevance.metrics.retrieval import chunked_ranks, gt_columns, recall_at_k
 from partial_relevance.models.layers import TransformerEncoder, l2_normalize
 from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
@@ -41,17 +41,17 @@ DEFAULT_LOSS = {
     "hard_negative_start_epoch": 20,
     "hard_topk": 20,
 }
-DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1}  # β_t, λ₃ (PRVR §4.1.3)
+# β_t, λ₃ (PRVR §4.1.3); nce_weight: λ₂ of Eq. 7 on ICE's InfoNCE (SPEC §3, revised).
+DEFAULT_ICE = {"enabled": False, "threshold": 0.4, "weight": 0.1, "nce_weight": 0.04}
 DEFAULT_IRM = {
     "enabled": False,
     "neg": True,
     "red": True,
     "shared_fc": True,
     "weight": 1.0,  # λ₄
-    # InfoNCE weight inside L_neg / L_red: 1 = SPEC §3 [decision] (PRVR §3.4 prints none);
-    # 0.04 = λ₂ of Eq. 7 (losses.prvr.IRM_NCE_WEIGHT_EQ7).
-    "neg_nce_weight": IRM_NCE_WEIGHT,
-    "red_nce_weight": IRM_NCE_WEIGHT,
+    # InfoNCE weight inside L_neg / L_red: λ₂ of Eq. 7 (SPEC §3, revised); 1 = unweighted.
+    "neg_nce_weight": 0.04,
+    "red_nce_weight": 0.04,
 }
 DEFAULT_TCP = {
     "enabled": False,
@@ -67,6 +67,7 @@ DEFAULT_EVAL = {
     "precision": "fp32",  # encoding precision: fp32 | bf16 (a bf16 copy of the net)
     "index_dtype": "float16",  # stored per-video index; scoring upcasts it, fp32 accumulation
 }
+log = logging.getLogger(__name__)
 INDEX_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -185,6 +186,7 @@ class PrvrLitModule(pl.LightningModule):
             cfg["nce_sim"],
             cfg["tau"],
             cfg["nce_average"],
+            nce_weight=self.ice_cfg["nce_weight"],
         )
         return {"L_ice": loss, "n_c": torch.tensor(float(len(query_idx)), device=q.device)}
 
@@ -309,9 +311,9 @@ class PrvrLitModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def _gathered(self, key: str, index_key: str) -> Tensor:
+    def _gathered(self, key: str, index_key: str) -> tuple[Tensor, Tensor]:
         """Concatenate a stored tensor across batches and ranks, ordered by global index,
-        with the DistributedSampler's padding duplicates removed."""
+        with the DistributedSampler's padding duplicates removed: (values, sorted ids)."""
         values = torch.cat(self._eval_store[key])
         index = torch.cat(self._eval_store[index_key])
         if self._trainer is not None and self.trainer.world_size > 1:
@@ -321,7 +323,7 @@ class PrvrLitModule(pl.LightningModule):
         index, values = index[order], values[order]
         keep = torch.ones_like(index, dtype=torch.bool)
         keep[1:] = index[1:] != index[:-1]
-        return values[keep]
+        return values[keep], index[keep]
 
     def score_eval_store(self) -> dict[str, float]:
         """R@k / SumR of the corpus encoded so far; empties the store. What every evaluation
@@ -332,15 +334,32 @@ class PrvrLitModule(pl.LightningModule):
     def eval_ranks(self) -> Tensor | None:
         """1-based rank of each query's GT video [Q] (split order) over the corpus encoded so
         far (full query × video matrix, scored in query chunks); empties the store. None when
-        nothing was encoded."""
-        if not self._eval_store.get("query"):
+        nothing was encoded.
+
+        A partial corpus (`fast_dev_run`, `limit_val_batches`) is scored over the queries whose
+        GT video was encoded, against the encoded videos, and says so in the log.
+        """
+        if not self._eval_store.get("query") or not self._eval_store.get("video_index"):
+            self._eval_store, self._eval_nets = {}, {}
             return None
         keys = [k for k in self._eval_store if k.startswith("index/")]
-        index = {k.split("/", 1)[1]: self._gathered(k, "video_index") for k in keys}
-        query = self._gathered("query", "query_index")
-        positive = self._gathered("query_video", "query_index")
-        self._eval_store = {}
-        self._eval_nets = {}
+        index = {k.split("/", 1)[1]: self._gathered(k, "video_index")[0] for k in keys}
+        video_ids = self._gathered("video_index", "video_index")[0]
+        query, _ = self._gathered("query", "query_index")
+        positive_ids, _ = self._gathered("query_video", "query_index")
+        self._eval_store, self._eval_nets = {}, {}
+        positive, encoded = gt_columns(video_ids, positive_ids)
+        if not bool(encoded.all()):
+            log.info(
+                "evaluating %d of %d queries against %d encoded videos: the other queries' "
+                "videos were not encoded (a partial evaluation corpus)",
+                int(encoded.sum()),
+                len(encoded),
+                len(video_ids),
+            )
+            if not bool(encoded.any()):
+                return None
+            query, positive = query[encoded], positive[encoded]
         alpha = self.eval_cfg["alpha"]
         return chunked_ranks(
             lambda rows: self.net.score_queries(query[rows], index, alpha),

@@ -19,6 +19,7 @@ scores per query; `inference.ranking`) into the run directory, for the moment lo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,14 @@ from partial_relevance.inference.ranking import (
 )
 from partial_relevance.lit.optim import optimizer_with_warmup
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
-from partial_relevance.metrics.retrieval import DEFAULT_KS, recall_at_k
+from partial_relevance.metrics.retrieval import DEFAULT_KS, gt_columns, recall_at_k
 from partial_relevance.models.prem_retriever import (
     PremRetriever,
     eq6_pair_score,
     index_encoding,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_EVAL = {"max_elements": DEFAULT_MAX_ELEMENTS}
 DEFAULT_RANKING = {
     "enabled": True,
@@ -346,7 +348,8 @@ class PremRetrieverLitModule(pl.LightningModule):
             )
             queries = {k: self.all_gather(v).flatten(0, 1) for k, v in queries.items()}
             query_index = self.all_gather(query_index).flatten(0, 1)
-        return self._dedup(video_index, videos), self._dedup(query_index, queries)
+        videos = self._dedup(video_index, {**videos, "video_id": video_index})
+        return videos, self._dedup(query_index, queries)
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         """VR over the full split: exact chunked Eq. 6 scores -> GT ranks -> R@k, SumR."""
@@ -355,10 +358,22 @@ class PremRetrieverLitModule(pl.LightningModule):
             return {}
         videos, queries = self._gathered_corpus()
         self._eval_store = {}
+        video_ids = videos.pop("video_id")
         labelled = queries["positive"] >= 0
-        if not bool(labelled.any()):
+        positive, encoded = gt_columns(video_ids, queries["positive"])
+        kept = labelled & encoded
+        if bool((labelled & ~encoded).any()):
+            log.info(
+                "evaluating %d of %d labelled queries against %d encoded videos: the other "
+                "queries' videos were not encoded (a partial evaluation corpus)",
+                int(kept.sum()),
+                int(labelled.sum()),
+                len(video_ids),
+            )
+        if not bool(kept.any()):
             return {}
-        queries = {k: v[labelled] for k, v in queries.items()}
+        queries = {**queries, "positive": positive}
+        queries = {k: v[kept] for k, v in queries.items()}
         ranking = self._rank(queries, videos, k=1)
         assert ranking.ranks is not None
         metrics = vr_metrics(ranking.ranks, queries["query_type"])

@@ -3,10 +3,10 @@
 One function per paper equation, pure functions on tensors:
 
 - `ice_select_pairs` (Eq. 8) mines mutual-argmax moment/query pairs across videos;
-  `ice_loss` aligns them with Eq. 5 + Eq. 6.
+  `ice_loss` aligns them with Eq. 5 + `nce_weight` · Eq. 6.
 - `irm_neg_loss` (`L_neg`) uses the redundant features r_v, r_q of Eq. 9 as extra negative
   moments; `irm_red_loss` (`L_red`) aligns r_v with r_q; L_irm = L_neg + L_red (Eq. 10).
-  Each is triplet + `nce_weight` · InfoNCE; see `IRM_NCE_WEIGHT` for the default.
+  Each is triplet + `nce_weight` · InfoNCE (λ₂ of Eq. 7 by default, SPEC §3).
 - `tcp_group_labels`, `tcp_shuffle` build the temporal-coherence task; `tcp_loss` is
   Eq. 11-12.
 """
@@ -26,16 +26,6 @@ from partial_relevance.losses.contrastive import (
 )
 
 IGNORE_INDEX = -100
-
-# Weight of the InfoNCE part (Eq. 6) inside L_neg and L_red, relative to their triplet part
-# (Eq. 5). PRVR §3.4 gives none: L_neg is "the moment-level similarity learning (Section
-# 3.2.3)" with r_v, r_q as extra negatives, L_red "the joint application of Equation (5) and
-# (6)", and Eq. 10 sums the two. SPEC §3 [decision] reads both as unweighted (like L_ice), so
-# the default is 1. The other reading copies Eq. 7, whose moment-level InfoNCE carries
-# λ₂ = 0.04 (`IRM_NCE_WEIGHT_EQ7`). Unweighted, each IRM InfoNCE (dot products, τ = 1) gets
-# 25-50× the weight of the base InfoNCE terms (λ₁ = 0.02, λ₂ = 0.04); docs/prvr_ablations.md.
-IRM_NCE_WEIGHT = 1.0
-IRM_NCE_WEIGHT_EQ7 = 0.04
 
 
 # --------------------------------------------------------------------------- ICE (§3.3)
@@ -80,12 +70,16 @@ def ice_loss(
     tau: float = 1.0,
     nce_average: str = "video",
     generator: torch.Generator | None = None,
+    *,
+    nce_weight: float,
 ) -> Tensor:
-    """L_ice, PRVR §3.3: Eq. 5 + Eq. 6 on the n_c mined pairs as a mini-batch.
+    """L_ice, PRVR §3.3: Eq. 5 + `nce_weight` · Eq. 6 on the n_c mined pairs as a mini-batch.
 
     `moments`, `queries` [n_c, D]: pair i is (moments[i], queries[i]), the positive on the
     diagonal and the other pairs as negatives. The triplet uses cosine with random negatives;
-    the InfoNCE uses `nce_sim` / τ (SPEC §3). Unweighted sum [decision]; 0 when n_c < 2.
+    the InfoNCE uses `nce_sim` / τ (SPEC §3). SPEC §3 [decision, revised]: ICE learns at the
+    moment level, so its InfoNCE carries Eq. 7's λ₂ (`model.ice.nce_weight`, 0.04; 1 = the
+    earlier unweighted reading). 0 when n_c < 2.
     """
     n_c = queries.shape[0]
     if n_c < 2:
@@ -97,7 +91,7 @@ def ice_loss(
     nce = multi_positive_infonce(
         pair_similarity(queries, moments, nce_sim) / tau, diagonal, average=nce_average
     )
-    return trip + nce
+    return trip + nce_weight * nce
 
 
 # --------------------------------------------------------------------------- IRM (§3.4)
@@ -114,7 +108,7 @@ def irm_neg_loss(
     nce_sim: str = "dot",
     tau: float = 1.0,
     *,
-    nce_weight: float = IRM_NCE_WEIGHT,
+    nce_weight: float,
 ) -> Tensor:
     """L_neg, PRVR §3.4: the redundant features as extra negative moments for their query.
 
@@ -126,8 +120,8 @@ def irm_neg_loss(
     Triplet: mean_j Σ_{r ∈ {r_v[j], r_q[j]}} max(0, m + cos(r, q_j) − S_m(V_{y(j)}, q_j)).
     InfoNCE: per query the row [S_m(V_{y(j)}, q_j); S_m(V_k, q_j), k ≠ y(j);
     s(r_v[j], q_j); s(r_q[j], q_j)] / τ, cross-entropy on the positive, mean over j.
-    L_neg = triplet + `nce_weight` · InfoNCE; `nce_weight` = 1 is SPEC §3's unweighted
-    [decision] (like L_ice), 0.04 the Eq. 7 reading (λ₂ on moment-level InfoNCE).
+    L_neg = triplet + `nce_weight` · InfoNCE; SPEC §3 [decision, revised]: `nce_weight` = λ₂
+    of Eq. 7 (0.04, `model.irm.neg_nce_weight`), 1 = the earlier unweighted reading.
     """
     positive_video = positive_video.to(device=moment_cos.device, dtype=torch.long)
     pos_cos = moment_cos.gather(1, positive_video[:, None]).squeeze(1)  # [n]
@@ -153,15 +147,15 @@ def irm_red_loss(
     nce_average: str = "video",
     generator: torch.Generator | None = None,
     *,
-    nce_weight: float = IRM_NCE_WEIGHT,
+    nce_weight: float,
 ) -> Tensor:
     """L_red, PRVR §3.4: align the video-view and query-view redundant features (Eq. 5 + 6).
 
     `r_v`, `r_q` [n, D]: pair i is (r_q[i], r_v[i]), positives on the diagonal; every pair is
     its own "video" (several pairs of one video are still negatives of each other). Rows of
     the score matrix are r_q (the query side), columns r_v; triplet on cosine with random
-    negatives, InfoNCE with `nce_sim` / τ. L_red = triplet + `nce_weight` · InfoNCE
-    (`IRM_NCE_WEIGHT`: 1 by SPEC §3 [decision]; PRVR §3.4 prints no weight).
+    negatives, InfoNCE with `nce_sim` / τ. L_red = triplet + `nce_weight` · InfoNCE (SPEC §3
+    [decision, revised]: λ₂ of Eq. 7, `model.irm.red_nce_weight` = 0.04; 1 = unweighted).
     """
     n = r_v.shape[0]
     diagonal = torch.arange(n, device=r_v.device)  # [n]
