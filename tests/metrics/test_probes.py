@@ -117,3 +117,44 @@ def test_moment_topics_short_video_repeats_clips() -> None:
     events = [{"span": [0, 0], "topic": 1}, {"span": [1, 2], "topic": 4}]
     assert moment_topics(3, events, 4).tolist() == [1, 4, 4, 4]
     assert np.all(moment_topics(3, events, 4) >= 0)
+
+
+def test_batch_probes_and_summary_on_a_hand_computed_batch() -> None:
+    from partial_relevance.metrics.probes import batch_probes, summarize_probes
+
+    S = torch.tensor([[0.9, 0.3], [0.1, 0.5], [0.7, 0.2], [0.6, 0.8]])  # 2 videos x T_m 2
+    e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    inputs = {
+        "video_index": torch.tensor([10, 11]),
+        "query_video": torch.tensor([0, 1]),
+        "ice_similarity": S,
+        "ice_pairs": torch.tensor([[2, 0], [1, 1]]),  # at the configured β_t = 0.4
+        "query": torch.stack([e1, e1]),
+        "irm_r_v": torch.stack([e2, e2]),  # orthogonal to the queries: cos 0
+        "irm_r_q": torch.stack([e2, e2]),
+        "target_moment": torch.stack([e2, e2]),  # cos(r_q, target) 1
+        "moments": torch.stack([torch.stack([e1, e1]), torch.stack([e1, e1])]),
+        "tcp_logits": {"clip": torch.tensor([[1.0, 0.0], [1.0, 0.0]])},
+        "tcp_labels": {"clip": torch.tensor([0, 1])},
+    }
+    moment_topic = torch.tensor([5, 6, 5, 6])
+    query_topic = torch.tensor([5, 5])
+    got = batch_probes(inputs, moment_topic, query_topic, (None, 0.6))
+    assert got["ice_pairs_sum"] == 2 and got["ice_right_sum"] == 1.0
+    # chance: q0 (video 0) vs video 1's moments [5, 6] -> 1/2; q1 (video 1) vs [5, 6] -> 1/2
+    assert math.isclose(got["ice_chance_sum"], 0.5)
+    assert got["ice_pairs@none_sum"] == 2 and got["ice_pairs@0.6_sum"] == 1
+    assert got["ice_right@0.6_sum"] == 1.0
+    assert got["irm_n"] == 2 and math.isclose(got["irm_rv_query_sum"], 0.0, abs_tol=1e-6)
+    assert math.isclose(got["irm_rq_target_sum"], 2.0, rel_tol=1e-6)
+    assert math.isclose(got["irm_random_query_sum"], 2.0, rel_tol=1e-6)  # every moment is e1
+    assert got["tcp_clip_n"] == 2 and got["tcp_clip_right_sum"] == 1.0
+    # two identical batches: means are per batch (pairs) or pooled (precision, cosines)
+    totals = {k: 2 * v for k, v in got.items()}
+    summary = summarize_probes(totals)
+    assert summary["ice_pairs"] == 2.0 and summary["ice_precision"] == 0.5
+    assert math.isclose(summary["ice_chance"], 0.5)
+    assert summary["ice_precision@0.6"] == 1.0 and summary["ice_pairs@0.6"] == 1.0
+    assert math.isclose(summary["irm_rq_target"], 1.0, rel_tol=1e-6)
+    assert summary["tcp_acc_clip"] == 0.5
+    assert "ice_precision@0.8" not in summary

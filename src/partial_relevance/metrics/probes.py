@@ -149,3 +149,99 @@ def tcp_accuracy(logits: Tensor, labels: Tensor) -> float:
     if not bool(valid.any()):
         return float("nan")
     return float((logits[valid].argmax(dim=-1) == labels[valid]).float().mean())
+
+
+def threshold_name(beta: float | None) -> str:
+    """Metric-name suffix of a β_t value: `none`, `0.4`."""
+    return "none" if beta is None else f"{beta:g}"
+
+
+def batch_probes(
+    inputs: dict,
+    moment_topic: Tensor,
+    query_topic: Tensor,
+    thresholds: Sequence[float | None] = (None, 0.2, 0.4, 0.6, 0.8),
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Every probe of one training batch, as sums and counts that add up over batches.
+
+    `inputs`: the `probe_inputs` of `PrvrLitModule.training_step` (TEAM interface 3; keys only
+    for the enabled modules). `moment_topic` [b*T_m] is the latent topic of each batch moment
+    (`moment_topics` per video, flattened in batch order), `query_topic` [n] of each query.
+    Returns `{name: value}` where `*_sum` / `*_n` pairs form a mean over batches:
+    `ice_pairs_n` (batches), `ice_pairs_sum` (pairs at the configured β_t), `ice_right_sum`,
+    `ice_chance_sum`; per β_t `ice_pairs@b_sum`, `ice_right@b_sum`; `irm_*_sum` and `irm_n`
+    (queries); `tcp_<branch>_right_sum`, `tcp_<branch>_n` (positions).
+    """
+    out: dict[str, float] = {}
+    query_video = inputs["query_video"]  # [n]
+    if "ice_similarity" in inputs:
+        similarity = inputs["ice_similarity"].float()  # [b*T_m, n]
+        num_moments = similarity.shape[0] // int(inputs["video_index"].numel())
+        moment_video = torch.arange(similarity.shape[0], device=similarity.device) // num_moments
+        pairs = inputs["ice_pairs"]  # [n_c, 2] (flat moment, query)
+        n_c, precision = ice_pair_precision(pairs[:, 0], pairs[:, 1], moment_topic, query_topic)
+        out["ice_n"] = 1.0
+        out["ice_pairs_sum"] = float(n_c)
+        out["ice_right_sum"] = 0.0 if n_c == 0 else precision * n_c
+        out["ice_chance_sum"] = ice_chance_precision(
+            moment_topic, query_topic, moment_video, query_video
+        )
+        by_beta = ice_precision_by_threshold(
+            similarity, moment_video, query_video, moment_topic, query_topic, thresholds
+        )
+        for beta, (count, prec) in by_beta.items():
+            name = threshold_name(beta)
+            out[f"ice_pairs@{name}_sum"] = float(count)
+            out[f"ice_right@{name}_sum"] = 0.0 if count == 0 else prec * count
+    if "irm_r_v" in inputs:
+        moments = inputs["moments"]  # [b, T_m, D]
+        n = int(query_video.numel())
+        random_moment = torch.randint(
+            moments.shape[1], (n,), generator=generator, device=torch.device("cpu")
+        ).to(moments.device)
+        cos = irm_cosines(
+            inputs["irm_r_v"].float(),
+            inputs["irm_r_q"].float(),
+            inputs["query"].float(),
+            inputs["target_moment"].float(),
+            moments.float(),
+            query_video,
+            random_moment,
+        )
+        out["irm_n"] = float(n)
+        for key, value in cos.items():
+            out[f"irm_{key}_sum"] = value * n
+    for branch, logits in (inputs.get("tcp_logits") or {}).items():
+        labels = inputs["tcp_labels"][branch]
+        valid = int((labels != IGNORE_INDEX).sum())
+        acc = tcp_accuracy(logits, labels)
+        out[f"tcp_{branch}_n"] = float(valid)
+        out[f"tcp_{branch}_right_sum"] = 0.0 if valid == 0 else acc * valid
+    return out
+
+
+def summarize_probes(totals: dict[str, float]) -> dict[str, float]:
+    """The logged probe values from summed `batch_probes` outputs: pairs per batch, precision
+    (pairs pooled over the batches), chance, per-β_t pairs and precision, IRM cosine means,
+    TCP accuracies. A ratio with a zero count is left out."""
+    out: dict[str, float] = {}
+
+    def ratio(num: str, den: str, name: str) -> None:
+        if totals.get(den, 0.0) > 0:
+            out[name] = totals.get(num, 0.0) / totals[den]
+
+    ratio("ice_pairs_sum", "ice_n", "ice_pairs")
+    ratio("ice_right_sum", "ice_pairs_sum", "ice_precision")
+    ratio("ice_chance_sum", "ice_n", "ice_chance")
+    for key in totals:
+        if key.startswith("ice_pairs@") and key.endswith("_sum"):
+            name = key[len("ice_pairs@") : -len("_sum")]
+            ratio(key, "ice_n", f"ice_pairs@{name}")
+            ratio(f"ice_right@{name}_sum", key, f"ice_precision@{name}")
+        if key.startswith("irm_") and key.endswith("_sum"):
+            ratio(key, "irm_n", key[: -len("_sum")])
+        if key.startswith("tcp_") and key.endswith("_right_sum"):
+            branch = key[len("tcp_") : -len("_right_sum")]
+            ratio(key, f"tcp_{branch}_n", f"tcp_acc_{branch}")
+    return out
