@@ -86,6 +86,7 @@ class Row:
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> own metric keys
     # data mode -> the row's own retriever stage (overrides the table's `retriever`)
     retriever: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reference: bool = False  # the paper's numbers only (e.g. another method's): never run
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) 
                 retriever=_per_mode(row["retriever"], f"{where}: rows[{i}].retriever")
                 if row.get("retriever")
                 else {},
+                reference=bool(row.get("reference", False)),
             )
         )
     if not rows:
@@ -322,6 +324,8 @@ def plan_jobs(
     jobs = []
     keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
     for row in spec.rows:
+        if row.reference:  # printed beside ours, nothing to run
+            continue
         # The row's own retriever (a table comparing first stages) or the table's.
         stage = row.retriever.get(data) or spec.retriever.get(data, ())
         if stage not in stages:
@@ -558,7 +562,7 @@ def render_markdown(
             std = s.std.get(column.name, math.nan)
             ours = _fmt(mean) if mean is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
             cells += [ours, _fmt(s.row.paper.get(column.name))]
-        cells.append(str(s.n))
+        cells.append("ref." if s.row.reference else str(s.n))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
