@@ -22,6 +22,7 @@ DATA_OF_MODEL = {
     "prvr_gmmformer": "prvr_synthetic",
     "prem_retriever": "vcmr_synthetic",
     "prem_localizer": "vcmr_localizer_synthetic",
+    "prvr_first_stage": "prvr_vcmr_synthetic",
 }
 NOT_SECTIONS = ("_target_", "_recursive_", "net", "optimizer")
 

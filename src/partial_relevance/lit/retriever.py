@@ -41,6 +41,7 @@ from partial_relevance.inference.ranking import (
     stack_video_encodings,
 )
 from partial_relevance.lit.base import OptimizerFactory, PartialRelevanceModule, as_config
+from partial_relevance.lit.prem_modules import PremModules
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
 from partial_relevance.metrics.retrieval import gt_columns
 from partial_relevance.metrics.store import EvalRows
@@ -118,6 +119,9 @@ def gather_video_encodings(
 class PremRetrieverLitModule(PartialRelevanceModule):
     """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5).
 
+    PRVR's modules (`ice`, `irm`, `tcp`, each with an `enabled` switch; `module_loss` their
+    similarity rule) add `λ₃ L_ice + λ₄ L_irm + λ₅ L_tcp` (`lit.prem_modules`).
+
     Switches: `strong_relevance` / `weak_relevance` (Table 2), `tau` (τ), `weak_weight` (β),
     `video_to_query` (L_v2q), `gather_negatives` (DDP), `restricted_subtitle` (see
     `restricted_pair_score`), `positive_warmup_epochs`.
@@ -146,6 +150,10 @@ class PremRetrieverLitModule(PartialRelevanceModule):
         warmup_fraction: float | None,
         evaluation: RetrieverEvalConfig | Mapping,
         ranking: RankingConfig | Mapping,
+        ice: Mapping | None = None,
+        irm: Mapping | None = None,
+        tcp: Mapping | None = None,
+        module_loss: Mapping | None = None,
         compile: bool = False,
     ) -> None:
         """Every value comes from `conf/model/prem_retriever.yaml` (τ, β: SPEC §4)."""
@@ -170,6 +178,9 @@ class PremRetrieverLitModule(PartialRelevanceModule):
         # Evaluation: encoded videos (by video id) and queries (by query id), every rank's.
         self.eval_videos = EvalRows()
         self.eval_queries = EvalRows()
+        # PRVR's ICE / IRM / TCP as switches (lit.prem_modules; all off: the paper's loss).
+        self.prvr_modules = PremModules(ice, irm, tcp, module_loss)
+        self.prvr_modules.check_net(self.net)
 
     # ------------------------------------------------------------------ training
     def _batch_videos(
@@ -219,6 +230,9 @@ class PremRetrieverLitModule(PartialRelevanceModule):
             weak_weight=weak_weight,
             video_to_query=self.video_to_query,
         )
+        if self.prvr_modules.any_enabled:
+            terms.update(self.prvr_modules.terms(net, batch, queries, videos))
+            terms["loss"] = self.prvr_modules.total(terms)
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
