@@ -25,7 +25,7 @@ from partial_relevance import run_dir as run_dirs
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.lit.callbacks import SIGTERM_EXIT
-from partial_relevance.train import CONFIG_DIR, _flat_metrics, chance_metrics, format_metrics
+from partial_relevance.train import CONFIG_PATH, _flat_metrics, chance_metrics, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +63,16 @@ def load_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-def check_checkpoint_fits(path: Path, model: pl.LightningModule) -> None:
-    """Raise DataError naming `path` unless its weights fit `model` (keys and shapes)."""
+def check_checkpoint_fits(
+    path: Path, model: pl.LightningModule, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Raise DataError naming `path` unless its weights (`state`, else read) fit `model`
+    (keys and shapes)."""
 
     def plain(state: dict[str, Any]) -> dict[str, Any]:  # torch.compile adds `_orig_mod.`
         return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
 
-    state = plain(load_checkpoint_state(path))
+    state = plain(load_checkpoint_state(path) if state is None else state)
     expected = plain(model.state_dict())
     if not expected:  # a module that builds its network lazily: Lightning checks on load
         return
@@ -116,23 +119,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if split not in ("val", "test"):
             raise DataError(None, f"splits may hold 'val' and 'test', got {split!r}")
     check_config_types(cfg.trainer, "trainer")
+    state = load_checkpoint_state(ckpt)  # a truncated or foreign file fails here, named
     main_process = run_dirs.is_main_process()
     if main_process:
         run_dirs.acquire(output_dir)
     try:
-        return _evaluate(cfg, output_dir, model_cfg, data_cfg, ckpt)
+        return _evaluate(cfg, output_dir, model_cfg, data_cfg, ckpt, state)
     finally:
         if main_process:
             run_dirs.release(output_dir)
 
 
 def _evaluate(
-    cfg: DictConfig, output_dir: Path, model_cfg: Any, data_cfg: Any, ckpt: Path
+    cfg: DictConfig,
+    output_dir: Path,
+    model_cfg: Any,
+    data_cfg: Any,
+    ckpt: Path,
+    state: dict[str, torch.Tensor],
 ) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)
     model = hydra.utils.instantiate(model_cfg)
-    check_checkpoint_fits(ckpt, model)
+    check_checkpoint_fits(ckpt, model, state)
+    del state
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     metrics: dict[str, float] = {}
     try:
@@ -157,7 +167,7 @@ def _evaluate(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @exits_on_user_error
 def main(cfg: DictConfig) -> None:
     """`python -m partial_relevance.evaluate`: one line on stderr and exit 1 on a user error."""

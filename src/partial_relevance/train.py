@@ -25,14 +25,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from partial_relevance import run_dir
+from partial_relevance import quiet, run_dir
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.lit.callbacks import SIGTERM_EXIT, AtomicCheckpointIO
 from partial_relevance.metrics.retrieval import chance_recall
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+# The configs ship inside the package (src/partial_relevance/conf -> ../../conf, package data):
+# Hydra searches them as `pkg://`, in-process composers (initialize_config_dir) use the path.
+CONFIG_PATH = "pkg://partial_relevance.conf"
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 FIT_COMPLETE = "fit_complete.json"  # in checkpoints/: the fit ended; a rerun only evaluates
 log = logging.getLogger(__name__)
+# Known-harmless third-party console noise (partial_relevance/quiet.py), before Hydra's app
+# (and an Optuna sweeper) starts: every entry point imports this module.
+quiet.install()
 
 
 @dataclass(frozen=True)
@@ -101,20 +107,27 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def format_metrics(metrics: dict[str, float], prefixes: tuple[str, ...] = ("val", "test")) -> str:
     """A small aligned table of R@k/SumR per split, with chance beside it."""
-    lines = []
     names = ("R@1", "R@5", "R@10", "R@100", "SumR")
-    lines.append(f"{'split':<14}" + "".join(f"{n:>9}" for n in names))
+    rows: list[tuple[str, list[float | None]]] = []
     for prefix in prefixes:
-        # PREM's retriever reports VR_R@k; the chance level is keyed without the task prefix.
-        task = "VR_" if f"{prefix}/VR_SumR" in metrics else ""
-        for label, suffix in ((prefix, ""), (f"{prefix} chance", "_chance")):
-            stem = "" if suffix else task
-            row = [metrics.get(f"{prefix}/{stem}{n}{suffix}") for n in names]
-            if any(v is not None for v in row):
-                lines.append(
-                    f"{label:<14}"
-                    + "".join(f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in row)
-                )
+        # PREM's retriever (and the localizer's VR) report VR_R@k; the chance level is keyed
+        # without the task prefix.
+        task = "VR_" if f"{prefix}/VR_R@1" in metrics else ""
+        rows.append(
+            (f"{prefix} {task[:-1]}".strip(), [metrics.get(f"{prefix}/{task}{n}") for n in names])
+        )
+        # The PREM localizer's moment retrieval: VCMR / SVMR R@k at each IoU threshold.
+        for moment_task in ("VCMR", "SVMR"):
+            for iou in ("0.5", "0.7"):
+                row = [metrics.get(f"{prefix}/{moment_task}_{n} IoU{iou}") for n in names]
+                rows.append((f"{prefix} {moment_task}@{iou}", row))
+        rows.append((f"{prefix} chance", [metrics.get(f"{prefix}/{n}_chance") for n in names]))
+    width = max(14, *(len(label) + 1 for label, _ in rows))
+    lines = [f"{'split':<{width}}" + "".join(f"{n:>9}" for n in names)]
+    for label, row in rows:
+        if any(v is not None for v in row):
+            cells = "".join(f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in row)
+            lines.append(f"{label:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -292,7 +305,7 @@ def _train(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> RunResult:
     )
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 @exits_on_user_error
 def main(cfg: DictConfig) -> float:
     """`python -m partial_relevance.train`: one line on stderr and exit 1 on a user error."""

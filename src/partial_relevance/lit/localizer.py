@@ -235,7 +235,8 @@ class PremLocalizerLitModule(pl.LightningModule):
         SPEC §7) and `vcmr_results_<split>.json` (the nested in-memory metrics) into
         `output_dir`.
 
-        Returns `{"<split>/submission": path}`; only global rank 0 writes.
+        Returns `{"<split>/submission": path, "<split>/vcmr_results": path}`; only global
+        rank 0 writes.
         """
         out: dict[str, Any] = {}
         if not trainer.is_global_zero or not hasattr(datamodule, "rankings"):
@@ -262,6 +263,7 @@ class PremLocalizerLitModule(pl.LightningModule):
             if results:
                 results_path = Path(output_dir) / f"vcmr_results_{split}.json"
                 results_path.write_text(json.dumps(results, indent=2))
+                out[f"{split}/vcmr_results"] = str(results_path)
         return out
 
     # ---------------------------------------------------------------- optimisers
