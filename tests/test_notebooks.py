@@ -29,6 +29,7 @@ FIGURES = {
         "prvr_embedding_map.png",
         "prvr_tcp_accuracy.png",
         "prvr_top5.png",
+        "prvr_probes.png",
     ),
     "prem_results": ("prem_word_weights.png",),
 }

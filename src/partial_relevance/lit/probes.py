@@ -74,7 +74,7 @@ class PrvrProbes(pl.Callback):
                 "LightningModule provides it)"
             )
         dm.setup("fit")
-        truth = load_truth(Path(dm.dataset_root).parent)["splits"]["train"]
+        truth = load_truth(Path(dm.dataset_root()).parent)["splits"]["train"]
         split = dm.splits["train"]
         num_moments = int(dm.preprocess["num_moments"])
         topics = []
