@@ -38,6 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.models.layers import set_recompute_elementwise
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
@@ -73,8 +74,13 @@ def build(
     `checkpointing` recomputes Transformer activations in backward."""
     assert dm.corpus is not None
     net = PrvrBaseModel(
-        dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden, num_layers=args.layers
+        dm.corpus.video_dim,
+        dm.corpus.query_dim,
+        hidden_dim=args.hidden,
+        num_layers=args.layers,
+        dropout=args.dropout,
     )
+    set_recompute_elementwise(net, args.recompute_elementwise)
     full = model == "full"
     return PrvrLitModule(
         net,
@@ -199,6 +205,13 @@ def main() -> None:
         "--warmup", type=int, default=1, help="untimed steps first (compile happens here)"
     )
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
+    parser.add_argument("--dropout", type=float, default=0.15, help="dropout (PRVR: 0.15)")
+    parser.add_argument(
+        "--recompute-elementwise",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep only matmul outputs for backward (models.layers.recompute_elementwise)",
+    )
     parser.add_argument(
         "--memory",
         action=argparse.BooleanOptionalAction,
@@ -211,7 +224,10 @@ def main() -> None:
         frames = (args.frames, args.frames)
         return layout_from_args(args, {"train": args.videos, "val": 0}, frames, {"val": "train"})
 
-    child_args = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "memory")
+    child_args = (
+        *("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "dropout"),
+        *("recompute_elementwise", "memory"),
+    )
     done = bench.run_parent_or_child(
         parser,
         args,

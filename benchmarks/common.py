@@ -377,8 +377,8 @@ def run_parent_or_child(
             for name in (*child_args, "seed", "threads"):
                 value = getattr(args, name)
                 flag = f"--{name.replace('_', '-')}"
-                if isinstance(value, bool):
-                    command += [flag] if value else []
+                if isinstance(value, bool):  # an argparse.BooleanOptionalAction
+                    command += [flag if value else f"--no-{flag[2:]}"]
                 else:
                     command += [flag, str(value)]
             row = run_config_process(command, config)
