@@ -1,14 +1,15 @@
 """Before/after of one change in one sitting: run a benchmark for each variant in turn
 (A, B, A, B, …), so that both see the same host load, and print each variant's median.
 
-A variant is a name and a spec of space-separated tokens: `KEY=VALUE` with an upper-case KEY
-sets an environment variable of the run (e.g. `PYTHONPATH=/tmp/base/src` runs an older copy of
-the package), every other token is appended to the benchmark's arguments (e.g. a config).
+A variant is `NAME:SPEC`, a name and a spec of space-separated tokens: `KEY=VALUE` with an
+upper-case KEY sets an environment variable of the run (e.g. `PYTHONPATH=/tmp/base/src` runs an
+older copy of the package), every other token is appended to the benchmark's arguments (e.g. a
+config).
 Each run gets `--no-save`; the comparison is recorded as one result `ab:<benchmark>` (every
 run's rows, then the medians). Prints; never asserts a timing.
 
     .venv/bin/python benchmarks/ab.py --rounds 2 \\
-        --variant before "PYTHONPATH=/tmp/base/src" --variant after "" \\
+        --variant=before:PYTHONPATH=/tmp/base/src --variant=after: \\
         -- benchmarks/bench_prvr_train.py --configs full-fp32 --threads 2
 """
 
@@ -61,11 +62,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="A, B pairs to run")
     parser.add_argument(
-        "--variant", nargs=2, action="append", metavar=("NAME", "SPEC"), required=True
+        "--variant",
+        action="append",
+        required=True,
+        metavar="NAME:SPEC",
+        help="a variant's name, a colon, its spec (write --variant=NAME:SPEC)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- script.py [arguments]")
     args = parser.parse_args()
+    args.variant = [tuple(v.split(":", 1)) if ":" in v else (v, "") for v in args.variant]
     command = [c for c in args.command if c != "--"]
     if not command:
         parser.error("give the benchmark after --")

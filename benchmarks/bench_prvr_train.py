@@ -39,22 +39,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.models.layers import set_recompute_elementwise
+from partial_relevance.models.layers import compile_blocks, set_recompute_elementwise
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
 OPTIONS = ("ckpt", "compile")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# The net's submodules `compile` hands to torch.compile (every encoder call goes through them,
-# TCP's second pass included).
-COMPILED = (
-    "query_projection",
-    "query_encoder",
-    "clip_projection",
-    "clip_encoder",
-    "frame_projection",
-    "frame_encoder",
-)
 
 
 def known_config(config: str) -> bool:
@@ -122,8 +112,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     lit = build(args, model, dm, checkpointing="ckpt" in options)
     lit.train()
     if "compile" in options:
-        for name in COMPILED:
-            getattr(lit.net, name).compile(dynamic=True)
+        compile_blocks(lit.net)  # every encoder call (TCP's too); the losses stay eager
     optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
     stream = batches(dm.train_dataloader())
 
