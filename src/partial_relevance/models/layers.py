@@ -7,12 +7,67 @@ that never let padding win.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
+
+aten = torch.ops.aten
+# The ops whose outputs `recompute_elementwise` keeps for backward: matrix products and fused
+# attention. Everything between them (LayerNorm, dropout, GELU, ReLU, softmax, adds) is run
+# again in backward from these, dropout masks replayed from the saved RNG state.
+_KEPT_OPS = frozenset(
+    {
+        aten.mm.default,
+        aten.addmm.default,
+        aten.bmm.default,
+        aten.baddbmm.default,
+        aten._scaled_dot_product_flash_attention_for_cpu.default,
+    }
+)
+
+
+def _keep_matmuls(_ctx: object, op: object, *_args: object, **_kwargs: object) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_elementwise(function: Callable[..., Tensor], *args: Tensor | None) -> Tensor:
+    """`function(*args)` keeping only its matmul outputs for backward (selective activation
+    checkpointing): the elementwise work between them is recomputed, the same numbers (RNG
+    state replayed) for less saved memory and a little more compute."""
+    return checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls),
+    )
+
+
+def compile_blocks(module: nn.Module, dynamic: bool = True) -> list[str]:
+    """`torch.compile` (Inductor) every FeatureProjection and TransformerEncoder of `module`
+    in place -> their names. Every encoder call goes through them (TCP's second pass too);
+    the losses and scoring stay eager. `dynamic`: one graph for every sequence length."""
+    names = []
+    for name, child in module.named_modules():
+        if isinstance(child, (FeatureProjection, TransformerEncoder)):
+            child.compile(dynamic=dynamic)
+            names.append(name)
+    return names
+
+
+def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
+    """Switch `recompute_elementwise` for every FeatureProjection and TransformerLayer in
+    `module`."""
+    for child in module.modules():
+        if isinstance(child, (FeatureProjection, TransformerLayer)):
+            child.recompute_elementwise = enabled
 
 
 def masked_fill_min(x: Tensor, mask: Tensor) -> Tensor:
@@ -47,6 +102,9 @@ def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
 class FeatureProjection(nn.Module):
     """LayerNorm -> Dropout -> Linear -> ReLU: MS-SL's input layer (SPEC §2 [decision])."""
 
+    # Keep only the Linear's output for backward in training (see `recompute_elementwise`).
+    recompute_elementwise: bool = False
+
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
@@ -54,6 +112,11 @@ class FeatureProjection(nn.Module):
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in_dim] -> [..., out_dim]
+        if self.recompute_elementwise and self.training and torch.is_grad_enabled():
+            return recompute_elementwise(self._forward, x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         return F.relu(self.linear(self.dropout(self.norm(x))))
 
 
@@ -62,6 +125,9 @@ class TransformerLayer(nn.Module):
 
     `ffn=False` reproduces the attention-only blocks of MS-SL and GMMFormer.
     """
+
+    # Keep only the matmul outputs for backward in training (see `recompute_elementwise`).
+    recompute_elementwise: bool = False
 
     def __init__(
         self,
@@ -86,6 +152,11 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, L, D]; mask: [B, L] with True/1 at valid positions."""
+        if self.recompute_elementwise and self.training and torch.is_grad_enabled():
+            return recompute_elementwise(self._forward, x, mask)
+        return self._forward(x, mask)
+
+    def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         key_padding = None if mask is None else ~mask.bool()
         if key_padding is not None:
             # A row with no valid position would give NaNs: let it attend to everything.
