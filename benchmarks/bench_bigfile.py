@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,8 +94,11 @@ def main() -> None:
     )
     parser.add_argument("--reps", type=int, default=3, help="timed passes of BigFileStore")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     machine = machine_facts()
     with tempfile.TemporaryDirectory(prefix="bench_bigfile_") as tmp:

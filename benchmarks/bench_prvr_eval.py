@@ -21,26 +21,20 @@ peak RSS).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import json
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common as bench
 import torch
-from common import (
-    add_peer_ratio,
-    load_average,
-    machine_facts,
-    peak_rss_mb,
-    record_result,
-    run_config_process,
-)
-from msl_layout import LayoutSpec, write_layout
+from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
+from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW
@@ -99,14 +93,37 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     )
     lit.eval()
     videos_loader, queries_loader = dm.eval_dataloaders("val")
-    with torch.no_grad():
-        lit.on_validation_epoch_start()
-        video_s, video_read_s, n_videos = encode(lit, videos_loader, 0)
-        query_s, _, n_queries = encode(lit, queries_loader, 1)
-        index = {k: v[0] for k, v in lit._eval_store.items() if k.startswith("index/")}
-        start = time.perf_counter()
-        metrics = lit.score_eval_store()  # what every evaluation epoch ends with
-        score_s = time.perf_counter() - start
+
+    def evaluate(stage: Any = contextlib.nullcontext) -> tuple[list[float], list[Any]]:
+        """One evaluation pass -> (seconds of [video enc, of which reading, query enc,
+        scoring], [videos, queries, index of one video, metrics]); `stage(name)` wraps each
+        stage (a FLOP counter)."""
+        with torch.no_grad():
+            lit.on_validation_epoch_start()
+            with stage("video"):
+                video_s, video_read_s, n_videos = encode(lit, videos_loader, 0)
+            with stage("query"):
+                query_s, _, n_queries = encode(lit, queries_loader, 1)
+            index = {k: v[0] for k, v in lit._eval_store.items() if k.startswith("index/")}
+            start = time.perf_counter()
+            with stage("scoring"):
+                metrics = lit.score_eval_store()  # what every evaluation epoch ends with
+            score_s = time.perf_counter() - start
+        return [video_s, video_read_s, query_s, score_s], [n_videos, n_queries, index, metrics]
+
+    (video_s, video_read_s, query_s, score_s), (n_videos, n_queries, index, metrics) = evaluate()
+    peak = bench.matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1e9
+    gflop: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def counted(name: str) -> Iterator[None]:
+        with FlopCounterMode(display=False) as counter:
+            yield
+        gflop[name] = counter.get_total_flops() / 1e9
+
+    evaluate(counted)  # a second, untimed pass counts each stage's FLOPs
+    total_s = video_s + query_s + score_s
+    total_gflop = sum(gflop.values())
     per_video_elems = sum(t[0].numel() for t in index.values())  # index tensors, one video
     dtype = index["index/clips"].dtype
     return {
@@ -117,14 +134,19 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "(read+prep s)": round(video_read_s, 2),
         "query enc s": round(query_s, 2),
         "scoring s": round(score_s, 3),
-        "total s": round(video_s + query_s + score_s, 2),
-        "peak RSS MiB": peak_rss_mb(),
+        "total s": round(total_s, 2),
+        "GFLOP": round(total_gflop, 1),
+        "GFLOP video/query/scoring": [round(gflop[k], 1) for k in ("video", "query", "scoring")],
+        "achieved GFLOP/s": round(total_gflop / total_s, 1),
+        "matmul GFLOP/s": round(peak, 1),
+        "% of peak": bench.percent_of_peak(total_gflop / total_s, peak),
+        "peak RSS MiB": bench.peak_rss_mb(),
         "index dtype": str(dtype).replace("torch.", ""),
         "index B/video": per_video_elems * dtype.itemsize,
         "index B/video fp32": per_video_elems * 4,
         "index B/video fp16": per_video_elems * 2,
         "SumR (random model)": round(metrics["SumR"], 2),
-        "load avg": load_average()[:1],
+        "load avg": bench.load_average()[:1],
     }
 
 
@@ -134,6 +156,9 @@ def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
     video_s = row["video enc s"] * fv
     query_s = row["query enc s"] * fq
     score_s = row["scoring s"] * fv * fq
+    video_f, query_f, score_f = row["GFLOP video/query/scoring"]  # the same proportions
+    gflop = video_f * fv + query_f * fq + score_f * fv * fq
+    achieved = gflop / (video_s + query_s + score_s)
     return {
         "config": f"{row['config']} (extrapolated)",
         "videos": TVR_VIDEOS,
@@ -143,103 +168,63 @@ def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
         "query enc s": round(query_s, 1),
         "scoring s": round(score_s, 2),
         "total s": round(video_s + query_s + score_s, 1),
+        "GFLOP": round(gflop, 1),
+        "achieved GFLOP/s": round(achieved, 1),
+        "matmul GFLOP/s": row["matmul GFLOP/s"],
+        "% of peak": bench.percent_of_peak(achieved, row["matmul GFLOP/s"]),
         "index dtype": row["index dtype"],
         "index B/video": row["index B/video"],
     }
 
 
-def child_command(args: argparse.Namespace, root: Path, config: str) -> list[str]:
-    """Re-invoke this script for one precision."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", config]
-    command += ["--root", str(root), "--collection", args.collection, "--feature", args.feature]
-    names = ("split", "eval_batch", "eval_video_batch", "num_workers", "hidden", "seed")
-    for name in (*names, "threads"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return command
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
-    parser.add_argument("--collection", default="tvr", help="collection under --root")
-    parser.add_argument("--feature", default="i3d_resnet", help="FeatureData/<feature> name")
+    parser = bench.benchmark_parser(
+        __doc__, collection="tvr", feature="i3d_resnet", configs=CONFIGS
+    )
+    add_layout_arguments(parser, video_dim=3072, query_dim=768, max_tokens=25)  # TVR
     parser.add_argument("--split", default="val", help="caption split to evaluate (with --root)")
     parser.add_argument(
         "--scale", type=float, default=0.25, help="fraction of TVR's 2,179 videos × 10,895 queries"
     )
-    parser.add_argument("--queries-per-video", type=int, default=5, help="TVR: 5")
     parser.add_argument("--min-frames", type=int, default=40, help="generated frames, min")
     parser.add_argument("--max-frames", type=int, default=100, help="generated frames, max")
-    parser.add_argument("--video-dim", type=int, default=3072, help="TVR i3d_resnet: 3072")
-    parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
-    parser.add_argument("--max-tokens", type=int, default=25, help="generated tokens, max")
-    parser.add_argument("--query-dim", type=int, default=768, help="TVR RoBERTa: 768")
-    parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
     parser.add_argument("--eval-batch", type=int, default=256, help="queries per eval batch")
     parser.add_argument("--eval-video-batch", type=int, default=64, help="videos per eval batch")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.root is None and not args.child:
+        args.split = "val"  # the generated collection's evaluated split
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.child:
-        print(json.dumps(run_child(args)))
+    def layout() -> LayoutSpec:
+        videos = max(2, round(TVR_VIDEOS * args.scale))
+        frames = (args.min_frames, args.max_frames)
+        return layout_from_args(args, {"val": videos, "train": 0}, frames, {"train": "val"})
+
+    def after_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+        if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
+            print(extrapolate(row), flush=True)
+            return [extrapolate(row)]
+        return []
+
+    done = bench.run_parent_or_child(
+        parser,
+        args,
+        script=__file__,
+        known=CONFIGS.__contains__,
+        child_args=("split", "eval_batch", "eval_video_batch", "num_workers", "hidden"),
+        layout=layout,
+        run_child=run_child,
+        after_row=after_row,
+    )
+    if done is None:
         return
-
-    machine = machine_facts()
-    configs = [c for c in args.configs.split(",") if c]
-    if set(configs) - set(CONFIGS):
-        parser.error(f"unknown configs {configs}; choose from {list(CONFIGS)}")
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench_prvr_eval_") as tmp:
-        root = args.root
-        if root is None:
-            root = Path(tmp)
-            args.split = "val"
-            spec = LayoutSpec(
-                collection=args.collection,
-                feature=args.feature,
-                splits={"val": max(2, round(TVR_VIDEOS * args.scale)), "train": 0},
-                video_dim=args.video_dim,
-                query_dim=args.query_dim,
-                min_frames=args.min_frames,
-                max_frames=args.max_frames,
-                queries_per_video=args.queries_per_video,
-                min_tokens=args.min_tokens,
-                max_tokens=args.max_tokens,
-                seed=args.seed,
-                copy_of={"train": "val"},
-            )
-            start = time.perf_counter()
-            counts = write_layout(root, spec)
-            notes.append(
-                f"generated TVR-like MS-SL collection at scale {args.scale}: {counts} in "
-                f"{time.perf_counter() - start:.1f} s (random features)"
-            )
-        else:
-            notes.append(f"dataset: {root / args.collection} feature {args.feature}")
-        rows: list[dict[str, Any]] = []
-        for config in configs:
-            row = run_config_process(child_command(args, root, config), config)
-            rows.append(row)
-            if "error" not in row and (row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES):
-                rows.append(extrapolate(row))
-                print(rows[-1], flush=True)
+    machine, rows, notes = done
     full_scale = [
         row
         for row in rows
         if "total s" in row and row["videos"] == TVR_VIDEOS and row["queries"] == TVR_QUERIES
     ]
     notes.append(
-        add_peer_ratio(
+        bench.add_peer_ratio(
             full_scale,
             measured="total s",
             column="x GMMFormer (projected)",
@@ -256,16 +241,17 @@ def main() -> None:
         "((read+prep s) is the part spent waiting on the loader); scoring = net.score_queries + "
         "chunked_ranks + recall_at_k over the full query × video matrix",
         "extrapolated rows scale encoding by videos or queries and scoring by queries × videos "
-        "(linear in each stage's work); peak RSS is not extrapolated",
+        "(linear in each stage's work), and the FLOPs in the same proportion; peak RSS is not "
+        "extrapolated",
+        "% of peak: FLOPs counted by FlopCounterMode in a second, untimed pass over the same "
+        "split / total s, against the matmul rate of the encoders' precision measured in the "
+        "same child after the timed pass",
         "index B/video = the tensors net.index_videos keeps per video (base model: unit clips "
         "[32, D] + unit video vector [D]) in the stored dtype",
         "peers (their hosts, not this one): TVR-scale evaluation MS-SL 507 s (host B) / 747 s "
         "(host A), GMMFormer 63 s (host B); 500 q × 100 videos ≈ 1.7–1.9 s",
     ]
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    params.pop("child")
-    params.pop("config")
-    record_result("bench_prvr_eval", rows, machine, params, notes, save=not args.no_save)
+    bench.record_args("bench_prvr_eval", args, rows, machine, notes)
 
 
 if __name__ == "__main__":

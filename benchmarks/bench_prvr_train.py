@@ -1,15 +1,20 @@
-"""PRVR training throughput: queries/s, step time, FLOPs and peak RSS (base vs full model).
+"""PRVR training throughput: queries/s, step time, FLOPs, % of the matmul peak, peak RSS and
+what the saved activations are (base vs full model).
 
-Four configurations, each in its own child process (so each peak RSS is its own): the base
-model and the full model (ICE + IRM + TCP enabled), each in fp32 and under
-`torch.autocast("cpu", dtype=torch.bfloat16)`. Data loading is included: batches come from the
-real `PrvrDataModule` train loader reading a Charades-like MS-SL collection written to a temp
-dir (or any MS-SL directory given with --root/--collection/--feature). The loop is manual:
-`PrvrLitModule.training_losses` forward, backward, `BertAdamW` step (the default optimiser).
-Model FLOPs per step come from `torch.utils.flop_counter.FlopCounterMode` on one batch.
+Configurations `<model>-<precision>[-<option>...]`, each in its own child process (so each peak
+RSS is its own): model `base` or `full` (ICE + IRM + TCP enabled), precision `fp32` or `bf16`
+(`torch.autocast("cpu", dtype=torch.bfloat16)`, what `precision=bf16` / Lightning
+`bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (the net's
+encoders through `torch.compile`, Inductor; compile time reported apart). Data loading is
+included: batches come from the real `PrvrDataModule` train loader reading a Charades-like
+MS-SL collection written to a temp dir (or any MS-SL directory given with
+--root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
+backward, `BertAdamW` step (the default optimiser). Model FLOPs per step come from
+`torch.utils.flop_counter.FlopCounterMode` on one batch; each child measures the matmul rate of
+its precision right after its timed steps (same load), the yardstick of its `% of peak`.
 
     .venv/bin/python benchmarks/bench_prvr_train.py                  # small defaults
-    .venv/bin/python benchmarks/bench_prvr_train.py --videos 500 --batch-videos 128 --steps 20
+    .venv/bin/python benchmarks/bench_prvr_train.py --videos 500 --batch-videos 128 --steps 8
     .venv/bin/python benchmarks/bench_prvr_train.py --root R --collection C --feature F
 """
 
@@ -18,25 +23,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common as bench
 import torch
-from common import (
-    add_peer_ratio,
-    load_average,
-    machine_facts,
-    peak_rss_mb,
-    record_result,
-    run_config_process,
-)
-from msl_layout import LayoutSpec, write_layout
+from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
@@ -45,8 +41,29 @@ from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
-# Also accepted: a "-ckpt" suffix (activation checkpointing), e.g. full-fp32-ckpt.
-EXTRA_CONFIGS = tuple(f"{c}-ckpt" for c in CONFIGS)
+OPTIONS = ("ckpt", "compile")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# The net's submodules `compile` hands to torch.compile (every encoder call goes through them,
+# TCP's second pass included).
+COMPILED = (
+    "query_projection",
+    "query_encoder",
+    "clip_projection",
+    "clip_encoder",
+    "frame_projection",
+    "frame_encoder",
+)
+
+
+def known_config(config: str) -> bool:
+    """`<base|full>-<fp32|bf16>` followed by any of the OPTIONS."""
+    parts = config.split("-")
+    return (
+        len(parts) >= 2
+        and parts[0] in ("base", "full")
+        and parts[1] in PRECISIONS
+        and set(parts[2:]) <= set(OPTIONS)
+    )
 
 
 def build(
@@ -84,7 +101,7 @@ def batches(loader):
 
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration; returns its row."""
-    model, precision, *extra = args.config.split("-")
+    model, precision, *options = args.config.split("-")
     torch.manual_seed(args.seed)
     dm = PrvrDataModule(
         root=str(args.root),
@@ -95,8 +112,11 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
     )
     dm.setup("fit")
-    lit = build(args, model, dm, checkpointing="ckpt" in extra)
+    lit = build(args, model, dm, checkpointing="ckpt" in options)
     lit.train()
+    if "compile" in options:
+        for name in COMPILED:
+            getattr(lit.net, name).compile(dynamic=True)
     optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
     stream = batches(dm.train_dataloader())
 
@@ -109,8 +129,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         return terms
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step(next(stream))
+    warmup_s = time.perf_counter() - start
 
     queries = data_seconds = 0.0
     step_seconds: list[float] = []
@@ -128,125 +150,84 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             n_c.append(float(terms["n_c"]))
     total = time.perf_counter() - start
     compute = sum(step_seconds)
-    peak_rss = peak_rss_mb()  # of training itself: the FLOP-counting step below holds more
+    peak_rss = bench.peak_rss_mb()  # of training itself: the untimed steps below hold more
+    peak = bench.matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
     batch = next(stream)
     with FlopCounterMode(display=False) as counter:
         step(batch, update=False)
     flops_per_step = counter.get_total_flops()
-    flop_queries = len(batch["query_video"])
-    flops_per_query = flops_per_step / flop_queries
-    achieved = flops_per_query * queries / compute  # FLOP/s of the compute part
+    flops_per_query = flops_per_step / len(batch["query_video"])
+    achieved = flops_per_query * queries / compute / 1e9  # GFLOP/s of the compute part
+    fastest = flops_per_query * queries / args.steps / min(step_seconds) / 1e9
     row = {
         "config": args.config,
         "queries/s": round(queries / total, 1),
         "step s (compute)": round(compute / args.steps, 3),
         "step s (min)": round(min(step_seconds), 3),
+        "warm-up s": round(warmup_s, 1),
         "data s/step": round(data_seconds / args.steps, 3),
         "data %": round(100 * data_seconds / total, 1),
         "GFLOP/step": round(flops_per_step / 1e9, 1),
-        "achieved GFLOP/s": round(achieved / 1e9, 1),
+        "achieved GFLOP/s": round(achieved, 1),
+        "matmul GFLOP/s": round(peak, 1),
+        "% of peak": bench.percent_of_peak(achieved, peak),
+        "% of peak (fastest step)": bench.percent_of_peak(fastest, peak),
         "params (M)": round(sum(p.numel() for p in lit.parameters()) / 1e6, 3),
         "peak RSS MiB": peak_rss,
         "queries/step": round(queries / args.steps, 1),
-        "load avg": load_average()[:1],
+        "load avg": bench.load_average()[:1],
     }
     if n_c:
         row["ICE n_c/step"] = round(sum(n_c) / len(n_c), 1)
+    if args.memory and "compile" not in options:  # module hooks see no compiled module
+        with bench.SavedActivations(lit) as saved:
+            step(next(stream), update=False)
+        row.update(saved.summary())
     return row
 
 
-def child_command(args: argparse.Namespace, root: Path, config: str) -> list[str]:
-    """Re-invoke this script for one configuration."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--config", config]
-    command += ["--root", str(root), "--collection", args.collection, "--feature", args.feature]
-    names = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "seed")
-    for name in (*names, "threads"):
-        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return command
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
-    parser.add_argument("--collection", default="charades", help="collection under --root")
-    parser.add_argument("--feature", default="i3d_rgb_lgi", help="FeatureData/<feature> name")
+    parser = bench.benchmark_parser(
+        __doc__, collection="charades", feature="i3d_rgb_lgi", configs=CONFIGS
+    )
+    add_layout_arguments(parser, video_dim=1024, query_dim=1024, max_tokens=20)
     parser.add_argument("--videos", type=int, default=128, help="generated train videos")
     parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
-    parser.add_argument("--video-dim", type=int, default=1024, help="generated video feature dim")
-    parser.add_argument("--queries-per-video", type=int, default=5, help="generated queries")
-    parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
-    parser.add_argument("--max-tokens", type=int, default=20, help="generated tokens, max")
-    parser.add_argument("--query-dim", type=int, default=1024, help="generated token dim")
     parser.add_argument("--batch-videos", type=int, default=32, help="videos per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed steps before the FLOP-counting step"
+        "--warmup", type=int, default=1, help="untimed steps first (compile happens here)"
     )
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
     parser.add_argument(
-        "--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {CONFIGS}"
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one more untimed step that sums the saved activations by module",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.child:
-        row = run_child(args)
-        print(json.dumps(row))
-        return
+    def layout() -> LayoutSpec:
+        frames = (args.frames, args.frames)
+        return layout_from_args(args, {"train": args.videos, "val": 0}, frames, {"val": "train"})
 
-    machine = machine_facts()
-    configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS) - set(EXTRA_CONFIGS)
-    if unknown:
-        parser.error(f"unknown configs {sorted(unknown)}; choose from {CONFIGS + EXTRA_CONFIGS}")
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="bench_prvr_train_") as tmp:
-        root = args.root
-        if root is None:
-            root = Path(tmp)
-            spec = LayoutSpec(
-                collection=args.collection,
-                feature=args.feature,
-                splits={"train": args.videos, "val": 0},
-                video_dim=args.video_dim,
-                query_dim=args.query_dim,
-                min_frames=args.frames,
-                max_frames=args.frames,
-                queries_per_video=args.queries_per_video,
-                min_tokens=args.min_tokens,
-                max_tokens=args.max_tokens,
-                seed=args.seed,
-                copy_of={"val": "train"},
-            )
-            start = time.perf_counter()
-            counts = write_layout(root, spec)
-            notes.append(
-                f"generated Charades-like MS-SL collection: {counts} in "
-                f"{time.perf_counter() - start:.1f} s (random features)"
-            )
-        else:
-            notes.append(f"dataset: {root / args.collection} feature {args.feature}")
-        rows = []
-        for config in configs:
-            row = run_config_process(child_command(args, root, config), config)
-            rows.append(row)
-    fp32 = machine["matmul_gflops"]["fp32"]
-    bf16 = machine["matmul_gflops"]["bf16"]
+    child_args = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "memory")
+    done = bench.run_parent_or_child(
+        parser,
+        args,
+        script=__file__,
+        known=known_config,
+        child_args=child_args,
+        layout=layout,
+        run_child=run_child,
+    )
+    if done is None:
+        return
+    machine, rows, notes = done
     timed = [row for row in rows if "achieved GFLOP/s" in row]
-    for row in timed:
-        peak = bf16 if "bf16" in row["config"] else fp32
-        row["% of matmul"] = round(100 * row["achieved GFLOP/s"] / peak, 1)
     # The faster peer on the EPYC host A: MS-SL up to 64 q/s (GMMFormer up to 59).
     notes.append(
-        add_peer_ratio(
+        bench.add_peer_ratio(
             timed,
             measured="queries/s",
             column="x faster peer (projected)",
@@ -260,18 +241,21 @@ def main() -> None:
     )
     notes += [
         "queries/s counts the whole loop (data loading + forward + backward + optimiser step); "
-        "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of matmul "
-        "compares it with the 1024² matmul rate of the same precision",
+        "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of peak "
+        "compares it with the 1024² matmul rate of the same precision measured in the same "
+        "child right after its timed steps (matmul GFLOP/s)",
         "FLOPs counted by FlopCounterMode on one untimed batch (forward + backward) after the "
         "timed steps, scaled per query; peak RSS is read before it",
+        "warm-up s: the untimed first steps (kernel selection; torch.compile's compile time in "
+        "`-compile` rows)",
+        "saved MiB: distinct storages autograd keeps for backward in one more untimed step "
+        "(saved_tensors_hooks; parameters excluded, bf16 weight copies of autocast included), "
+        "by the innermost module that saved them and by branch",
         "each configuration runs in its own process: peak RSS is that process's ru_maxrss",
         "peers (their hosts, not this one): MS-SL 74–94 q/s (AMX Xeon host B), 22–64 (EPYC "
         "host A); GMMFormer 63–93 (51–59); peak RSS MS-SL 3.5–3.7 GB, GMMFormer 6.0 GB",
     ]
-    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    params.pop("child")
-    params.pop("config")
-    record_result("bench_prvr_train", rows, machine, params, notes, save=not args.no_save)
+    bench.record_args("bench_prvr_train", args, rows, machine, notes)
 
 
 if __name__ == "__main__":

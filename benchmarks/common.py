@@ -8,6 +8,7 @@ one sitting mean anything: every result carries the machine facts it was measure
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,8 +17,9 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,7 +79,8 @@ def peak_rss_mb() -> float:
 
 
 def matmul_flops(dtype: torch.dtype, size: int = 1024, reps: int = 8) -> float:
-    """Dense `size`×`size` matmul rate in FLOP/s (2·n³ per product; median of `reps`)."""
+    """Dense `size`×`size` matmul rate in FLOP/s (2·n³ per product; median of `reps`): the
+    yardstick of every '% of peak' column."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     for _ in range(2):  # warm-up: kernel selection, page faults
@@ -287,3 +290,192 @@ def run_config_process(command: list[str], config: str) -> dict[str, Any]:
     row = last_json_line(done.stdout)
     print(row, flush=True)
     return row
+
+
+def percent_of_peak(achieved_gflops: float, peak_gflops: float) -> float:
+    """`achieved` as a percentage of a measured matmul rate (one decimal)."""
+    return round(100.0 * achieved_gflops / peak_gflops, 1)
+
+
+# --------------------------------------------------------------------------------- harness
+# Every configuration benchmark has one shape: the parent writes a generated MS-SL collection
+# (or reads any MS-SL directory, so peers can be timed on the same files), runs each
+# configuration in its own child process (its own peak RSS) and records the rows.
+
+
+def benchmark_parser(
+    doc: str, *, collection: str, feature: str, configs: Sequence[str]
+) -> argparse.ArgumentParser:
+    """An argument parser with the options every configuration benchmark shares:
+    `--root/--collection/--feature` (the dataset), `--configs`, `--seed`, `--threads`,
+    `--no-save`, and the hidden `--child --config` its child processes get."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
+    parser.add_argument("--collection", default=collection, help="collection under --root")
+    parser.add_argument("--feature", default=feature, help="FeatureData/<feature> name")
+    parser.add_argument(
+        "--configs", default=",".join(configs), help=f"comma-separated subset of {list(configs)}"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_parent_or_child(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    *,
+    script: str,
+    known: Callable[[str], bool],
+    child_args: Sequence[str],
+    layout: Callable[[], Any],
+    run_child: Callable[[argparse.Namespace], dict[str, Any]],
+    after_row: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]] | None:
+    """The shared `main` of a configuration benchmark.
+
+    Child (`--child`): time `args.config` with `run_child` and print its row; returns None.
+    Parent: generate the collection `layout()` describes (a `msl_layout.LayoutSpec`) in a
+    temporary directory unless `--root` is given, run each of `--configs` (`known(name)` must
+    hold) in a child of `script` that gets the options named in `child_args`, and return
+    (machine facts, rows, notes); `after_row(row)` may add rows after each one.
+    """
+    from msl_layout import write_layout  # here: the children never write a layout
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(run_child(args)), flush=True)
+        return None
+    configs = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in configs if not known(c)]
+    if unknown:
+        parser.error(f"unknown configs {unknown}")
+    machine = machine_facts()
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix=f"{Path(script).stem}_") as tmp:
+        root = args.root
+        if root is None:
+            root = Path(tmp)
+            spec = layout()
+            start = time.perf_counter()
+            counts = write_layout(root, spec)
+            notes.append(
+                f"generated MS-SL collection {spec.collection!r}: {counts} in "
+                f"{time.perf_counter() - start:.1f} s (random features)"
+            )
+        else:
+            notes.append(f"dataset: {root / args.collection} feature {args.feature}")
+        for config in configs:
+            command = [sys.executable, str(Path(script).resolve()), "--child", "--config", config]
+            command += ["--root", str(root), "--collection", args.collection]
+            command += ["--feature", args.feature]
+            for name in (*child_args, "seed", "threads"):
+                value = getattr(args, name)
+                flag = f"--{name.replace('_', '-')}"
+                if isinstance(value, bool):
+                    command += [flag] if value else []
+                else:
+                    command += [flag, str(value)]
+            row = run_config_process(command, config)
+            rows.append(row)
+            if after_row is not None and "error" not in row:
+                rows += after_row(row)
+    return machine, rows, notes
+
+
+def record_args(
+    benchmark: str,
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    machine: dict[str, Any],
+    notes: list[str],
+) -> dict[str, Any]:
+    """`record_result` with the command-line options as the parameters (paths as strings,
+    the hidden child options dropped)."""
+    params = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    params.pop("child", None)
+    params.pop("config", None)
+    return record_result(benchmark, rows, machine, params, notes, save=not args.no_save)
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+class SavedActivations:
+    """What autograd keeps for backward during the forwards run inside this context: bytes of
+    every distinct storage packed by `torch.autograd.graph.saved_tensors_hooks` (parameters
+    excluded), by the innermost module that saved it ('<Module type>') and by top-level
+    submodule of `model` ('branch'); tensors saved outside any module count as '(functional)'
+    (losses, heads called as functions).
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.seen: set[int] = set()
+        self.by_module: dict[str, int] = {}
+        self.by_branch: dict[str, int] = {}
+        self.by_dtype: dict[str, int] = {}
+        self._stack: list[tuple[str, str]] = []
+        self._handles: list[Any] = []
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer in self.parameters or pointer in self.seen:
+            return tensor
+        self.seen.add(pointer)
+        nbytes = storage.nbytes()
+        kind, branch = self._stack[-1] if self._stack else ("(functional)", "(functional)")
+        for table, key in (
+            (self.by_module, kind),
+            (self.by_branch, branch),
+            (self.by_dtype, str(tensor.dtype).replace("torch.", "")),
+        ):
+            table[key] = table.get(key, 0) + nbytes
+        return tensor
+
+    def __enter__(self) -> SavedActivations:
+        for name, module in self.model.named_modules():
+            if not name:
+                continue
+            parts = name.split(".")
+            branch = parts[1] if parts[0] == "net" and len(parts) > 1 else parts[0]
+            label = (type(module).__name__, branch)
+
+            def push(_module: Any, _inputs: Any, label: tuple[str, str] = label) -> None:
+                self._stack.append(label)
+
+            def pop(_module: Any, _inputs: Any, _output: Any) -> None:
+                self._stack.pop()
+
+            self._handles.append(module.register_forward_pre_hook(push))
+            self._handles.append(module.register_forward_hook(pop))
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def summary(self, top: int = 8) -> dict[str, Any]:
+        """Total MiB and the `top` largest entries of each table, in MiB."""
+
+        def mib(table: dict[str, int]) -> dict[str, float]:
+            ordered = sorted(table.items(), key=lambda item: -item[1])[:top]
+            return {key: round(value / 2**20, 1) for key, value in ordered}
+
+        return {
+            "saved MiB": round(sum(self.by_module.values()) / 2**20, 1),
+            "saved MiB by module": mib(self.by_module),
+            "saved MiB by branch": mib(self.by_branch),
+            "saved MiB by dtype": mib(self.by_dtype),
+        }

@@ -9,6 +9,7 @@ benchmarks measure speed and memory, never accuracy.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +81,41 @@ def write_layout(root: Path, spec: LayoutSpec) -> dict[str, int]:
         "frames": total_frames,
         "feature_bytes": (feature_dir / "feature.bin").stat().st_size,
     }
+
+
+def add_layout_arguments(
+    parser: argparse.ArgumentParser, *, video_dim: int, query_dim: int, max_tokens: int
+) -> None:
+    """The sizes of a generated collection every PRVR benchmark takes (defaults per dataset),
+    plus the model width and loader workers they share."""
+    parser.add_argument("--video-dim", type=int, default=video_dim, help="video feature dim")
+    parser.add_argument("--query-dim", type=int, default=query_dim, help="query token dim")
+    parser.add_argument("--queries-per-video", type=int, default=5, help="generated queries")
+    parser.add_argument("--min-tokens", type=int, default=10, help="generated tokens, min")
+    parser.add_argument("--max-tokens", type=int, default=max_tokens, help="tokens, max")
+    parser.add_argument("--hidden", type=int, default=384, help="hidden size D (PRVR: 384)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+
+
+def layout_from_args(
+    args: argparse.Namespace,
+    splits: dict[str, int],
+    frames: tuple[int, int],
+    copy_of: dict[str, str],
+) -> LayoutSpec:
+    """The LayoutSpec of `add_layout_arguments`' options: `splits` videos, `frames` (min,
+    max) a video; a split in `copy_of` borrows a few queries of another."""
+    return LayoutSpec(
+        collection=args.collection,
+        feature=args.feature,
+        splits=splits,
+        video_dim=args.video_dim,
+        query_dim=args.query_dim,
+        min_frames=frames[0],
+        max_frames=frames[1],
+        queries_per_video=args.queries_per_video,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        copy_of=copy_of,
+    )

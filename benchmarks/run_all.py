@@ -1,8 +1,12 @@
-"""Run every benchmark at its default sizes, one after another (what `make bench` calls).
+"""Run every benchmark, then report each target of the speed/memory issue (#19) as measured on
+this host, with its verdict (met / missed) and the % of the matmul peak beside it (what
+`make bench` calls).
 
-Each benchmark runs as a subprocess with this interpreter, prints its own output and appends
-its result to `benchmarks/results.json` / `RESULTS.md`. Benchmarks measure and print; they
-never assert a timing, so this script fails only when a benchmark crashes.
+Each benchmark runs as a subprocess with this interpreter at its default sizes (the training
+benchmark at the targets' batch of 128 videos), prints its own output and appends its result
+to `benchmarks/results.json` / `RESULTS.md`; this script then appends one more result,
+`run_all`, with one row per target. Benchmarks measure and print; they never assert a timing,
+so this script fails only when a benchmark crashes.
 
     .venv/bin/python benchmarks/run_all.py
     .venv/bin/python benchmarks/run_all.py --only bench_bigfile --extra=--no-save
@@ -11,10 +15,18 @@ never assert a timing, so this script fails only when a benchmark crashes.
 from __future__ import annotations
 
 import argparse
+import json
+import operator
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import last_json_line, machine_facts, record_result
 
 BENCH_DIR = Path(__file__).resolve().parent
 BENCHMARKS = (
@@ -23,6 +35,158 @@ BENCHMARKS = (
     "bench_prvr_eval",
     "bench_vcmr_inference",
 )
+# Sizes at which the targets are defined (--extra comes after and overrides): the issue's
+# training batch is 128 Charades-like videos (640 queries).
+TARGET_ARGS = {"bench_prvr_train": ["--videos", "128", "--batch-videos", "128", "--steps", "2"]}
+MS_SL_PEAK_RSS_MIB = 3.48e9 / 2**20  # MS-SL's training peak RSS, 3.48 GB (issue #19)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of issue #19: `row[column] <op> threshold` in the row of `benchmark` whose
+    `config`/`mode` is `row` (the TVR-scale evaluation: its extrapolated row when run at a
+    smaller --scale)."""
+
+    name: str
+    benchmark: str
+    row: str
+    column: str
+    op: str
+    threshold: float
+
+
+TARGETS = (
+    Target(
+        "base model, fp32: ≥ 70 % of fp32 peak",
+        "bench_prvr_train",
+        "base-fp32",
+        "% of peak",
+        ">=",
+        70,
+    ),
+    Target(
+        "base model, bf16: ≥ 55 % of bf16 peak",
+        "bench_prvr_train",
+        "base-bf16",
+        "% of peak",
+        ">=",
+        55,
+    ),
+    Target(
+        "full model, fp32: ≥ 65 % of fp32 peak",
+        "bench_prvr_train",
+        "full-fp32",
+        "% of peak",
+        ">=",
+        65,
+    ),
+    Target(
+        "full model, bf16: ≥ 55 % of bf16 peak",
+        "bench_prvr_train",
+        "full-bf16",
+        "% of peak",
+        ">=",
+        55,
+    ),
+    Target(
+        "full model, fp32: peak RSS < MS-SL's 3.48 GB",
+        "bench_prvr_train",
+        "full-fp32",
+        "peak RSS MiB",
+        "<",
+        MS_SL_PEAK_RSS_MIB,
+    ),
+    Target(
+        "full model, bf16: peak RSS ≤ 2.5 GB",
+        "bench_prvr_train",
+        "full-bf16",
+        "peak RSS MiB",
+        "<=",
+        2.5e9 / 2**20,
+    ),
+    Target(
+        "TVR-scale eval, fp32 (default fp16 index): ≥ 65 % of fp32 peak",
+        "bench_prvr_eval",
+        "fp32-fp16index",
+        "% of peak",
+        ">=",
+        65,
+    ),
+    Target(
+        "TVR-scale eval, bf16: ≥ 50 % of bf16 peak",
+        "bench_prvr_eval",
+        "bf16-fp16index",
+        "% of peak",
+        ">=",
+        50,
+    ),
+    Target(
+        "VCMR over TVR val, fp32: ≤ 10 min",
+        "bench_vcmr_inference",
+        "cached fp32",
+        "tvr_val_extrapolated_min",
+        "<=",
+        10,
+    ),
+    Target(
+        "VCMR over TVR val, bf16: ≤ 5 min",
+        "bench_vcmr_inference",
+        "cached bf16",
+        "tvr_val_extrapolated_min",
+        "<=",
+        5,
+    ),
+)
+OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+# What each benchmark's row shows beside the target's column.
+CONTEXT = {
+    "bench_prvr_train": ("queries/s", "step s (compute)", "% of peak", "peak RSS MiB"),
+    "bench_prvr_eval": ("total s", "% of peak", "peak RSS MiB"),
+    "bench_vcmr_inference": ("tvr_val_extrapolated_min", "% of peak", "pairs_per_s"),
+}
+
+
+def find_row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The row named `name` (its `config` or `mode`), preferring its extrapolated twin."""
+    rows = {row.get("config", row.get("mode")): row for row in result.get("rows", [])}
+    return rows.get(f"{name} (extrapolated)") or rows.get(name)
+
+
+def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per target: the measured value, its context (% of peak among it) and the
+    verdict: met, missed, or not run."""
+    out = []
+    for target in TARGETS:
+        result = results.get(target.benchmark)
+        row = None if result is None else find_row(result, target.row)
+        entry: dict[str, Any] = {"target": target.name, "row": f"{target.benchmark}: {target.row}"}
+        if row is None or target.column not in row:
+            entry |= {"measured": None, "verdict": "not run"}
+        else:
+            value = row[target.column]
+            met = OPS[target.op](value, target.threshold)
+            entry |= {"measured": value, "verdict": "met" if met else "missed"}
+            for column in CONTEXT[target.benchmark]:
+                entry.setdefault(column, row.get(column))
+            entry["load avg"] = row.get("load avg", result["machine"].get("load_avg", [None])[:1])
+        out.append(entry)
+    return out
+
+
+def run(name: str, extra: list[str]) -> tuple[int, dict[str, Any] | None]:
+    """Run one benchmark, echoing its output -> (exit code, its JSON result or None)."""
+    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *TARGET_ARGS.get(name, []), *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        lines.append(line)
+    code = process.wait()
+    try:
+        return code, last_json_line("".join(lines))
+    except (RuntimeError, json.JSONDecodeError):
+        return code or 1, None
 
 
 def main() -> int:
@@ -40,14 +204,36 @@ def main() -> int:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
     failed: list[str] = []
     seconds: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in names:
         print(f"=== {name} ===", flush=True)
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(BENCH_DIR / f"{name}.py"), *args.extra])
+        code, result = run(name, args.extra)
         seconds[name] = round(time.perf_counter() - start, 1)
-        if done.returncode != 0:
+        if code != 0:
             failed.append(name)
+        if result is not None:
+            results[name] = result
     print(f"=== wall seconds: {seconds}; total {round(sum(seconds.values()), 1)} ===")
+    rows = verdicts(results)
+    for row in rows:
+        print(f"{row['verdict']:>8}  {row['target']}: {row['measured']}", flush=True)
+    notes = [
+        "each target as measured by this run's benchmarks on this host (machine facts above); "
+        "% of peak is each benchmark row's achieved FLOP/s over the matmul rate of its "
+        "precision measured in the same process",
+        f"training targets at {' '.join(TARGET_ARGS['bench_prvr_train'])}; TVR-scale "
+        "evaluation from the extrapolated row when bench_prvr_eval ran below --scale 1",
+        f"wall seconds per benchmark: {seconds}",
+    ]
+    record_result(
+        "run_all",
+        rows,
+        machine_facts(),
+        {"only": names, "extra": args.extra},
+        notes,
+        save="--no-save" not in args.extra,
+    )
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

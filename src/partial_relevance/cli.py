@@ -21,6 +21,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from partial_relevance.data.errors import DataError
 from partial_relevance.run_dir import RunRefusedError
@@ -157,7 +158,10 @@ def check_config_types(node: Any, where: str = "") -> None:
         path = f"{where}.{key}" if where else key
         if node._get_node(key)._is_missing():  # type: ignore[union-attr]
             continue
-        value = node[key]
+        try:
+            value = node[key]
+        except OmegaConfBaseException as error:  # e.g. an interpolation into a removed node
+            raise ConfigError(f"config {path}: {one_line(error).split(' full_key:')[0]}") from None
         if isinstance(value, (DictConfig, ListConfig)):
             check_config_types(value, path)
             continue

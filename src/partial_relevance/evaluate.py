@@ -63,13 +63,16 @@ def load_checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     return checkpoint["state_dict"]
 
 
-def check_checkpoint_fits(path: Path, model: pl.LightningModule) -> None:
-    """Raise DataError naming `path` unless its weights fit `model` (keys and shapes)."""
+def check_checkpoint_fits(
+    path: Path, model: pl.LightningModule, state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Raise DataError naming `path` unless its weights (`state`, else read) fit `model`
+    (keys and shapes)."""
 
     def plain(state: dict[str, Any]) -> dict[str, Any]:  # torch.compile adds `_orig_mod.`
         return {k.replace("_orig_mod.", ""): v for k, v in state.items()}
 
-    state = plain(load_checkpoint_state(path))
+    state = plain(load_checkpoint_state(path) if state is None else state)
     expected = plain(model.state_dict())
     if not expected:  # a module that builds its network lazily: Lightning checks on load
         return
@@ -116,23 +119,30 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if split not in ("val", "test"):
             raise DataError(None, f"splits may hold 'val' and 'test', got {split!r}")
     check_config_types(cfg.trainer, "trainer")
+    state = load_checkpoint_state(ckpt)  # a truncated or foreign file fails here, named
     main_process = run_dirs.is_main_process()
     if main_process:
         run_dirs.acquire(output_dir)
     try:
-        return _evaluate(cfg, output_dir, model_cfg, data_cfg, ckpt)
+        return _evaluate(cfg, output_dir, model_cfg, data_cfg, ckpt, state)
     finally:
         if main_process:
             run_dirs.release(output_dir)
 
 
 def _evaluate(
-    cfg: DictConfig, output_dir: Path, model_cfg: Any, data_cfg: Any, ckpt: Path
+    cfg: DictConfig,
+    output_dir: Path,
+    model_cfg: Any,
+    data_cfg: Any,
+    ckpt: Path,
+    state: dict[str, torch.Tensor],
 ) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)
     model = hydra.utils.instantiate(model_cfg)
-    check_checkpoint_fits(ckpt, model)
+    check_checkpoint_fits(ckpt, model, state)
+    del state
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
     metrics: dict[str, float] = {}
     try:

@@ -28,6 +28,11 @@
    written `submission_val.json` back with `score_submission` and checks that it gives exactly
    the printed numbers (exit status 1 if not).
 
+`first_stage=NAME` (a positional choice, `make train-prem ARGS="first_stage=prvr"`) picks the
+stage-1 model from `conf/first_stage/`: `prem` (default, PREM's retriever), `prem_modules`
+(with PRVR's ICE/IRM/TCP), `prvr` (the PRVR base model on the corpus's PRVR view), `prvr_full`;
+each writes the same `rankings.h5` that stage 2 reads.
+
 `--size small` (default) runs the `*_small` experiment configs: the synthetic corpus shrunk
 to 400 / 100 / 100 videos and schedules that learn within ~5 minutes on a 2-core CPU (every
 choice and its reason is in those files); `--size full` runs `prem_retriever_synthetic` and
@@ -52,7 +57,7 @@ from typing import Any
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from partial_relevance.cli import exits_on_user_error
 from partial_relevance.inference.vcmr import (
@@ -78,6 +83,35 @@ EXPERIMENTS = {
 }
 RETRIEVER_EXPERIMENT = EXPERIMENTS["small"]["retriever"]
 LOCALIZER_EXPERIMENT = EXPERIMENTS["small"]["localizer"]
+FIRST_STAGE_DIR = Path(CONFIG_DIR) / "first_stage"
+
+
+def first_stage_experiment(name: str, size: str) -> str:
+    """The stage-1 experiment of the `first_stage` choice `name` (`conf/first_stage/<name>.yaml`:
+    prem | prem_modules | prvr | prvr_full) at `size`."""
+    path = FIRST_STAGE_DIR / f"{name}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in FIRST_STAGE_DIR.glob("*.yaml"))
+        raise ValueError(f"first_stage={name!r}: no {path}; choices: {choices}")
+    experiments = OmegaConf.load(path).get("experiment") or {}
+    if size not in experiments:
+        raise ValueError(f"{path}: no `experiment.{size}` (sizes there: {sorted(experiments)})")
+    return str(experiments[size])
+
+
+def parse_choices(items: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` pipeline choices (`make train-prem ARGS="first_stage=prvr"`); only
+    `first_stage` is one (per-stage Hydra overrides go through --common/--retriever/...)."""
+    choices = {"first_stage": "prem"}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in choices:
+            raise SystemExit(
+                f"prem_pipeline: unknown argument {item!r}; pipeline choices: "
+                f"{sorted(choices)} (Hydra overrides: --common / --retriever / --localizer)"
+            )
+        choices[key] = value
+    return choices
 
 
 def compose_stage(overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -178,10 +212,11 @@ def run_pipeline(
     ranking_file: str | None = None,
     split: str = "val",
     size: str = "small",
+    first_stage: str = "prem",
 ) -> dict[str, Any]:
-    """Run the stages (see the module docstring) with the experiments of `size`; return
-    paths, results and wall times."""
-    experiments = EXPERIMENTS[size]
+    """Run the stages (see the module docstring) with the experiments of `size`, stage 1 the
+    `first_stage` choice's; return paths, results and wall times."""
+    experiments = {**EXPERIMENTS[size], "retriever": first_stage_experiment(first_stage, size)}
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if ranking_file is None:
@@ -267,7 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="small: the *_small experiments (400/100/100 videos, ~5 min on 2 cores); "
         "full: prem_retriever_synthetic + prem_synthetic (the full synthetic corpus)",
     )
+    parser.add_argument(
+        "choices",
+        nargs="*",
+        metavar="first_stage=NAME",
+        help="the first stage: prem (default) | prem_modules | prvr | prvr_full "
+        "(conf/first_stage/)",
+    )
     args = parser.parse_args(argv)
+    first_stage = parse_choices(args.choices)["first_stage"]
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(_threads(args.threads))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -275,13 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = DEFAULT_COMMON if args.common is None else tuple(args.common)
     retriever, localizer = tuple(args.retriever), tuple(args.localizer)
     print(f"PREM pipeline in {out} (torch threads: {torch.get_num_threads()})", flush=True)
-    print(f"experiments ({args.size}): {EXPERIMENTS[args.size]}", flush=True)
+    experiments = {**EXPERIMENTS[args.size]}
+    experiments["retriever"] = first_stage_experiment(first_stage, args.size)
+    print(f"experiments ({args.size}, first_stage={first_stage}): {experiments}", flush=True)
     print(
         f"overrides: both {list(common)}; retriever {list(retriever)}; localizer {list(localizer)}",
         flush=True,
     )
     result = run_pipeline(
-        out, common, retriever, localizer, args.ranking_file, args.split, args.size
+        out, common, retriever, localizer, args.ranking_file, args.split, args.size, first_stage
     )
     return 0 if result["round_trip_ok"] else 1
 

@@ -28,7 +28,9 @@ and `rankings.h5` there) is reused, also by every other table with the same retr
 Each row's config then sets `data.ranking_file` to `.../seed${seed}/rankings.h5` (the
 retriever run of the job's own seed), and the row's hash includes the retriever's key, so a
 localizer trained on another retriever is not taken for it. `--override`s apply to both
-stages, `--retriever-override`s to the retriever stage only.
+stages, `--retriever-override`s to the retriever stage only. A row may name its own
+`retriever:` (per data mode; a table comparing first stages, e.g. `cross_first_stage`): its
+localizer then reads that retriever's rankings.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class Row:
     data: dict[str, tuple[str, ...]]  # data mode -> overrides
     paper: dict[str, float | None]  # column name -> the paper's number (None: "-")
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> own metric keys
+    # data mode -> the row's own retriever stage (overrides the table's `retriever`)
+    retriever: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reference: bool = False  # the paper's numbers only (e.g. another method's): never run
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,10 @@ def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) 
                 overrides=_strings(row.get("overrides"), f"{where}: rows[{i}].overrides"),
                 data=_per_mode(row.get("data"), f"{where}: rows[{i}].data"),
                 paper={k: (None if v is None else float(v)) for k, v in paper.items()},
+                retriever=_per_mode(row["retriever"], f"{where}: rows[{i}].retriever")
+                if row.get("retriever")
+                else {},
+                reference=bool(row.get("reference", False)),
             )
         )
     if not rows:
@@ -272,13 +281,14 @@ def plan_retriever_jobs(
     seeds: Iterable[int],
     extra: Sequence[str] = (),
     root: Path = Path("outputs/tables"),
+    overrides: Sequence[str] | None = None,
 ) -> list[Job]:
     """The retriever stage of a stage-wise table: one job per seed (none when the table has
-    no `retriever` for `data`). Its directory `<root>/_retrievers/<data>/runs/<name>-<hash>/
-    seed<k>` depends only on the retriever config (overrides + `extra`), not on the table, so
-    tables that need the same retriever share its runs. Finished = metrics.json and the
-    ranking file."""
-    overrides = spec.retriever.get(data, ())
+    no `retriever` for `data`; with `overrides`: that retriever, e.g. a row's own). Its
+    directory `<root>/_retrievers/<data>/runs/<name>-<hash>/seed<k>` depends only on the
+    retriever config (overrides + `extra`), not on the table, so tables that need the same
+    retriever share its runs. Finished = metrics.json and the ranking file."""
+    overrides = tuple(spec.retriever.get(data, ()) if overrides is None else overrides)
     if not overrides:
         return []
     experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
@@ -310,12 +320,20 @@ def plan_jobs(
     job's hash."""
     runs = Path(root) / spec.name / data / "runs"
     seeds = [int(s) for s in seeds]
-    retrievers = {
-        j.seed: j for j in plan_retriever_jobs(spec, data, seeds, [*extra, *retriever_extra], root)
-    }
+    stages: dict[tuple[str, ...], dict[int, Job]] = {}  # retriever overrides -> seed -> job
     jobs = []
     keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
     for row in spec.rows:
+        if row.reference:  # printed beside ours, nothing to run
+            continue
+        # The row's own retriever (a table comparing first stages) or the table's.
+        stage = row.retriever.get(data) or spec.retriever.get(data, ())
+        if stage not in stages:
+            planned = plan_retriever_jobs(
+                spec, data, seeds, [*extra, *retriever_extra], root, stage
+            )
+            stages[stage] = {j.seed: j for j in planned}
+        retrievers = stages[stage]
         overrides = row_overrides(spec, row, data)
         stage1 = [f"retriever={retrievers[seeds[0]].key}"] if retrievers else []
         digest = overrides_hash([*overrides, *extra, *stage1])
@@ -544,7 +562,7 @@ def render_markdown(
             std = s.std.get(column.name, math.nan)
             ours = _fmt(mean) if mean is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
             cells += [ours, _fmt(s.row.paper.get(column.name))]
-        cells.append(str(s.n))
+        cells.append("ref." if s.row.reference else str(s.n))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -47,5 +47,8 @@ class KillAt(pl.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dl=0):
         self._fire(trainer, "test_batch", batch_idx)
 
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._fire(trainer, "epoch_start", 0)
+
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         self._fire(trainer, "save", 0)

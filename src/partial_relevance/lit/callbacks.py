@@ -20,6 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import RunningStage
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
@@ -77,6 +78,31 @@ class SaveOnSigterm(pl.Callback):
             f"SIGTERM: training state saved to {path} (epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}); the same command resumes from it"
         )
+
+
+class LastEveryEpoch(ModelCheckpoint):
+    """`ModelCheckpoint` whose `save_last=True` writes `last.ckpt` at every epoch end.
+
+    Lightning 2.x writes `last.ckpt` only when it writes a top-k checkpoint, so after an
+    epoch that did not improve the monitored metric `last.ckpt` is the best epoch's state and
+    a resumed run would silently roll back and retrain from there. Here `last.ckpt` is always
+    the latest epoch boundary (written once per epoch, after the top-k file when there is one).
+    """
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        # `_should_skip_saving_checkpoint` is True when this step was saved already
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
 
 
 class RngState(pl.Callback):

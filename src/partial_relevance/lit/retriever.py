@@ -43,6 +43,7 @@ from partial_relevance.inference.ranking import (
     write_rankings,
 )
 from partial_relevance.lit.optim import optimizer_with_warmup
+from partial_relevance.lit.prem_modules import PremModules
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
 from partial_relevance.metrics.retrieval import DEFAULT_KS, gt_columns, recall_at_k
 from partial_relevance.models.prem_retriever import (
@@ -175,6 +176,9 @@ def vr_metrics(
 class PremRetrieverLitModule(pl.LightningModule):
     """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5).
 
+    PRVR's modules (`ice`, `irm`, `tcp`, each with an `enabled` switch; `module_loss` their
+    similarity rule) add `λ₃ L_ice + λ₄ L_irm + λ₅ L_tcp` (`lit.prem_modules`).
+
     Switches: `strong_relevance` / `weak_relevance` (Table 2), `tau` (τ), `weak_weight` (β),
     `video_to_query` (L_v2q), `gather_negatives` (DDP), `restricted_subtitle` (see
     `restricted_pair_score`), `positive_warmup_epochs`.
@@ -203,6 +207,10 @@ class PremRetrieverLitModule(pl.LightningModule):
         warmup_fraction: float | None = None,
         evaluation: Mapping | None = None,
         ranking: Mapping | None = None,
+        ice: Mapping | None = None,
+        irm: Mapping | None = None,
+        tcp: Mapping | None = None,
+        module_loss: Mapping | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
@@ -224,6 +232,9 @@ class PremRetrieverLitModule(pl.LightningModule):
         self.warmup_fraction = warmup_fraction
         self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
         self.ranking_cfg = _merged(DEFAULT_RANKING, ranking)
+        # PRVR's ICE / IRM / TCP as switches (lit.prem_modules; all off: the paper's loss).
+        self.prvr_modules = PremModules(ice, irm, tcp, module_loss)
+        self.prvr_modules.check_net(net)
         self._eval_store: dict[str, list[Tensor]] = {}
 
     # ------------------------------------------------------------------ training
@@ -277,6 +288,9 @@ class PremRetrieverLitModule(pl.LightningModule):
             weak_weight=weak_weight,
             video_to_query=self.video_to_query,
         )
+        if self.prvr_modules.any_enabled:
+            terms.update(self.prvr_modules.terms(net, batch, queries, videos))
+            terms["loss"] = self.prvr_modules.total(terms)
         return terms
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

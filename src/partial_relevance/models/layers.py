@@ -91,11 +91,28 @@ class TransformerLayer(nn.Module):
             # A row with no valid position would give NaNs: let it attend to everything.
             empty = key_padding.all(dim=1, keepdim=True)
             key_padding = key_padding & ~empty
-        attended, _ = self.attention(x, x, x, key_padding_mask=key_padding, need_weights=False)
-        x = self.attn_norm(x + self.attn_dropout(attended))
+        x = self.attn_norm(x + self.attn_dropout(self.self_attention(x, key_padding)))
         if self.use_ffn:
             x = self.ffn_norm(x + self.ffn_dropout(self.ffn(x)))
         return x
+
+    def self_attention(self, x: Tensor, key_padding: Tensor | None) -> Tensor:
+        """`self.attention(x, x, x)` through `F.scaled_dot_product_attention`.
+
+        The weights stay in the `nn.MultiheadAttention` (same state dict, same init); SDPA runs
+        its fused flash kernel wherever attention dropout is off (eval, `dropout=0`) and the
+        same math as `nn.MultiheadAttention` otherwise, without its transposes and its Python
+        checks. x: [B, L, D]; key_padding: [B, L], True at padding -> [B, L, D].
+        """
+        attention = self.attention
+        B, L, D = x.shape
+        heads = attention.num_heads
+        qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # [B, L, 3D]
+        q, k, v = qkv.view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # [B, h, L, d]
+        allowed = None if key_padding is None else ~key_padding[:, None, None, :]  # [B,1,1,L]
+        dropout = attention.dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return attention.out_proj(attended.transpose(1, 2).reshape(B, L, D))
 
 
 class TransformerEncoder(nn.Module):
