@@ -75,15 +75,12 @@ def build(
     net = PrvrBaseModel(
         dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden, num_layers=args.layers
     )
-    full = model == "full"
-    return PrvrLitModule(
-        net,
-        optimizer=functools.partial(BertAdamW, lr=2.5e-4),
-        ice={"enabled": full},
-        irm={"enabled": full},
-        tcp={"enabled": full},
-        activation_checkpointing=checkpointing,
+    full = str(model == "full").lower()
+    modules = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
+    sections = bench.model_sections(
+        "prvr", [*modules, f"model.activation_checkpointing={checkpointing}"]
     )
+    return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:

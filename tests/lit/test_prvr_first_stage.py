@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from lit_support import lit_module
 from partial_relevance.data.prvr_vcmr import PrvrVcmrDataModule
-from partial_relevance.inference.ranking import ranking_splits, read_rankings
+from partial_relevance.data.rankings import ranking_splits, read_rankings
 from partial_relevance.lit.prvr_first_stage import PrvrFirstStageLitModule
 from partial_relevance.models.prvr import MsslBaseModel, PrvrBaseModel
 from partial_relevance.prem_pipeline import first_stage_experiment, main, parse_choices
@@ -80,7 +81,13 @@ def test_every_base_exports_the_ranking_of_its_inference_score(base, tmp_path, s
         num_moments=4,
         max_frames=50,
     )
-    module = PrvrFirstStageLitModule(net, partial(torch.optim.Adam), ranking={"k": 5})
+    module = lit_module(
+        PrvrFirstStageLitModule,
+        "prvr_first_stage",
+        net,
+        partial(torch.optim.Adam),
+        ranking={"k": 5},
+    )
     trainer = SimpleNamespace(
         is_global_zero=True, strategy=SimpleNamespace(root_device=torch.device("cpu"))
     )

@@ -131,12 +131,14 @@ class PrvrTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
-        query_ids = [self.split.queries[q].query_id for q in self.split.queries_of_video[index]]
+        positions = list(self.split.queries_of_video[index])
+        query_ids = [self.split.queries[q].query_id for q in positions]
         return {
             "video_index": index,
             "moments": moments,
             "frames": frames,
             "queries": [self.corpus.query_input(q) for q in query_ids],
+            "query_index": positions,
         }
 
 
@@ -199,7 +201,8 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     """Videos (and, in training, their queries) -> padded tensors.
 
     moments [b, 32, D], frames [b, Tf, D], frame_mask [b, Tf]; when the items carry queries:
-    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch).
+    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch) and,
+    in training, query_index [n] (each query's position in its split).
     """
     frames, frame_mask = pad_sequences([it["frames"] for it in items])
     batch = {
@@ -214,6 +217,10 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch["query_video"] = torch.tensor(
             [b for b, it in enumerate(items) for _ in it["queries"]], dtype=torch.long
         )
+        if all("query_index" in it for it in items):  # training items: the queries' split ids
+            batch["query_index"] = torch.tensor(
+                [q for it in items for q in it["query_index"]], dtype=torch.long
+            )
     return batch
 
 

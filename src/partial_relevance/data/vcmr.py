@@ -60,10 +60,13 @@ from partial_relevance.data.stores import (
     require_nonempty,
 )
 from partial_relevance.data.synthetic import SPLITS, SyntheticConfig, ensure_corpus
+from partial_relevance.metrics.vcmr import QUERY_TYPES
 
 ANNOTATION_FORMATS = ("tvr", "didemo_raw", "didemo_jsonl")
 SPLIT_NAMES = ("train", "val", "test")
-QUERY_TYPE_CODES = {"v": 0, "t": 1, "vt": 2}  # TVR query types; −1 where a dataset has none
+# TVR query types -> the code batches carry (their index in metrics.vcmr.QUERY_TYPES, the
+# official order); −1 where a dataset has none.
+QUERY_TYPE_CODES = {name: code for code, name in enumerate(QUERY_TYPES)}
 
 
 # --------------------------------------------------------------------------------------------
