@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from partial_relevance.data.preprocess import CLIP_SECONDS
+from partial_relevance.metrics.retrieval import finite_scores
 from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
@@ -115,7 +116,8 @@ def top_spans(
     B, L = log_p_st.shape
     scores = span_scores(log_p_st, log_p_ed, clip_mask, min_len, max_len).reshape(B, L * L)
     n = min(top_n, L * L)
-    values, flat = scores.topk(n, dim=1)  # [B, n], best first
+    # A non-finite score is the worst (never listed ahead of a real one) and marks no span.
+    values, flat = finite_scores(scores).topk(n, dim=1)  # [B, n], best first
     spans = torch.stack([flat // L, flat % L], dim=-1)  # [B, n, 2]
     valid = torch.isfinite(values)
     if n < top_n:  # a grid with fewer than top_n cells at all
@@ -250,7 +252,8 @@ def decode_top_spans_batch(
         scales = _on_device(scales, device, torch.float64).reshape(Q, k)
 
     n = min(top_n, k * L * L)
-    top_scores, flat = scores.reshape(Q, k * L * L).topk(n, dim=1)  # [Q, n], best first
+    flat_scores = finite_scores(scores.reshape(Q, k * L * L))  # non-finite: the worst
+    top_scores, flat = flat_scores.topk(n, dim=1)  # [Q, n], best first
     slot = flat // (L * L)  # [Q, n] which of the k videos
     i = (flat % (L * L)) // L
     j = flat % L
