@@ -494,3 +494,21 @@ class SavedActivations:
             "saved MiB by branch": mib(self.by_branch),
             "saved MiB by dtype": mib(self.by_dtype),
         }
+
+
+def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Every LightningModule argument of `model=<model>` but `net` and `optimizer`, composed
+    from the configs (the one source of every default) with Hydra `overrides`
+    (e.g. `model.ice.enabled=true`)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from partial_relevance.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", *(overrides or [])])
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.model.items()
+        if key not in ("_target_", "_recursive_", "net", "optimizer")
+    }

@@ -1,8 +1,9 @@
 """The weighting of IRM's InfoNCE terms (PRVR §3.4, SPEC §3): hand values, defaults, wiring.
 
 L_neg and L_red are each triplet (Eq. 5) + `nce_weight` · InfoNCE (Eq. 6). The paper prints
-no weight; SPEC §3 [decision] keeps them unweighted (1), and 0.04 (λ₂ of Eq. 7) is the
-documented alternative (`model.irm.neg_nce_weight`, `model.irm.red_nce_weight`).
+no weight; SPEC §3 [decision, revised] weights them like Eq. 7's moment-level term (λ₂ = 0.04),
+and 1 (the earlier unweighted reading) stays one override away
+(`model.irm.neg_nce_weight`, `model.irm.red_nce_weight`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lit_support import lit_module
 from partial_relevance.lit.optim import BertAdamW
-from partial_relevance.lit.prvr import DEFAULT_IRM, PrvrLitModule
-from partial_relevance.losses.prvr import (
-    IRM_NCE_WEIGHT,
-    IRM_NCE_WEIGHT_EQ7,
-    irm_neg_loss,
-    irm_red_loss,
-)
+from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.losses.prvr import irm_neg_loss, irm_red_loss
 from partial_relevance.models.prvr import PrvrBaseModel
 from partial_relevance.tables import load_table_spec, plan_jobs, write_row_configs
 from support import CONF_DIR, compose_train_config
@@ -63,32 +60,25 @@ def test_red_nce_weight_scales_only_the_infonce(weight: float) -> None:
     assert loss.item() == pytest.approx(trip + weight * (t2v + v2t), abs=1e-6)
 
 
-def test_default_is_spec_unweighted() -> None:
-    # SPEC §3 [decision]: L_neg = triplet + InfoNCE, L_red likewise (PRVR §3.4 prints none).
-    assert IRM_NCE_WEIGHT == 1.0 and IRM_NCE_WEIGHT_EQ7 == 0.04
-    assert DEFAULT_IRM["neg_nce_weight"] == DEFAULT_IRM["red_nce_weight"] == 1.0
-    default = irm_neg_loss(R_V, R_Q, Q, MCOS, MNCE, Y)
-    assert default.item() == pytest.approx(NEG_TRIP + NEG_NCE, abs=1e-6)
-
-
 def test_config_default_and_override(tmp_path) -> None:
     cfg = compose_train_config([], tmp_path / "run", tmp_path)
-    assert (cfg.model.irm.neg_nce_weight, cfg.model.irm.red_nce_weight) == (1.0, 1.0)
-    cfg = compose_train_config(
-        ["model.irm.neg_nce_weight=0.04", "model.irm.red_nce_weight=0.04"], tmp_path / "r", tmp_path
-    )
     assert (cfg.model.irm.neg_nce_weight, cfg.model.irm.red_nce_weight) == (0.04, 0.04)
+    assert cfg.model.ice.nce_weight == 0.04
+    cfg = compose_train_config(
+        ["model.irm.neg_nce_weight=1.0", "model.irm.red_nce_weight=1.0", "model.ice.nce_weight=1"],
+        tmp_path / "r",
+        tmp_path,
+    )
+    assert (cfg.model.irm.neg_nce_weight, cfg.model.irm.red_nce_weight) == (1.0, 1.0)
+    assert cfg.model.ice.nce_weight == 1
 
 
 def _irm_terms(neg_w: float, red_w: float) -> dict[str, torch.Tensor]:
     """Every loss term of one fixed random batch with IRM on, at the given InfoNCE weights."""
     torch.manual_seed(0)
     net = PrvrBaseModel(video_dim=8, query_dim=6, hidden_dim=8, dropout=0.0)
-    model = PrvrLitModule(
-        net,
-        optimizer=lambda params: BertAdamW(params, lr=1e-3),
-        irm={"enabled": True, "neg_nce_weight": neg_w, "red_nce_weight": red_w},
-    )
+    irm = {"enabled": True, "neg_nce_weight": neg_w, "red_nce_weight": red_w}
+    model = lit_module(PrvrLitModule, "prvr", net, lambda p: BertAdamW(p, lr=1e-3), irm=irm)
     gen = torch.Generator().manual_seed(1)
     b, n = 3, 6
     batch = {

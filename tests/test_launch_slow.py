@@ -133,7 +133,7 @@ def test_ddp_validation_equals_one_process(tmp_path):
     cache = tmp_path / "cache"
     overrides = ["experiment=prvr_synthetic", "logger=none", *tiny(cache, num_val_videos=13)]
     out = tmp_path / "train"
-    metrics_value = train(compose_train_config(overrides, out, cache))
+    metrics_value = train(compose_train_config(overrides, out, cache)).monitored
     metrics = json.loads((out / "metrics.json").read_text())
     ckpt = metrics["best_checkpoint"]
     script = tmp_path / "validate.py"

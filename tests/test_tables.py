@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -326,3 +327,58 @@ def test_launch_configs_compose(overrides, tmp_path, monkeypatch):
         assert "model.optimizer.lr" in sweeper.params
     else:
         assert hydra_cfg.run.dir.endswith("/train/runs/preempted")
+
+
+def _age(job, seconds: float) -> None:
+    """Make a fabricated job look `seconds` long: config written then, metrics.json now."""
+    start = (job.run_dir / "metrics.json").stat().st_mtime - seconds
+    os.utime(job.run_dir / ".hydra" / "config.yaml", (start, start))
+
+
+def test_rows_pick_the_rows_to_run(spec, tmp_path, capsys, monkeypatch):
+    """`--rows` runs only the named rows (name or slug); the table still lists every row."""
+    root = tmp_path / "out"
+    calls = []
+    monkeypatch.setattr(tables.subprocess, "call", lambda command: calls.append(command) or 0)
+    args = ["--table", str(spec.path), "--seeds", "1", "--root", str(root)]
+    assert tables.main([*args, "--rows", "base"]) == 1  # the fake sweep wrote nothing
+    (command,) = calls
+    (row_arg,) = [a for a in command if a.startswith("+table_row=")]
+    assert row_arg.startswith("+table_row=base-") and "," not in row_arg
+    out = capsys.readouterr().out
+    assert "1 of 3 rows" in out and "[todo] base" in out and "[skip] ICE " in out
+    calls.clear()
+    tables.main([*args, "--rows", "ice_again", "--dry-run"])  # slug of "ICE again"
+    assert calls == [] and "+table_row=ice-" in capsys.readouterr().out  # shares ICE's run
+    with pytest.raises(TableSpecError, match=r"unknown row\(s\) \['nope'\].*'ICE again'"):
+        tables.select_rows(spec, "base,nope")
+
+
+def test_dry_run_estimates_from_finished_runs(spec, tmp_path, capsys):
+    root = tmp_path / "out"
+    args = ["--table", str(spec.path), "--seeds", "2", "--root", str(root), "--dry-run"]
+    assert tables.main(args) == 0
+    assert "no finished run under" in capsys.readouterr().out
+    jobs = plan_jobs(spec, "synthetic", [0, 1], [], root)
+    base0 = next(j for j in jobs if j.row.name == "base" and j.seed == 0)
+    ice0 = next(j for j in jobs if j.row.name == "ICE" and j.seed == 0)
+    for job, seconds in ((base0, 600.0), (ice0, 120.0)):
+        fabricate(job, 1.0, 50.0)
+        _age(job, seconds)
+    assert tables.main(args) == 0
+    out = capsys.readouterr().out
+    # base seed 1 takes base's 10 min, ICE seed 1 ICE's 2 min (ICE again shares ICE's run).
+    assert "estimate: 2 job(s) ~ 12 min 00 s one after another" in out
+    assert "from 2 finished run(s) here, 6 min 00 s each on average" in out
+    assert tables.format_duration(3725) == "1 h 02 min" and tables.format_duration(42) == "42 s"
+
+
+def test_progress_line_per_finished_job(spec, tmp_path, capsys):
+    jobs = plan_jobs(spec, "synthetic", [0], [], tmp_path)
+    progress = tables.JobProgress(jobs, spec, interval=0.01)
+    with progress:
+        fabricate(jobs[0], 2.0, 70.0)
+        _age(jobs[0], 65.0)
+    progress.poll()  # reported once only
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert lines == ["[1/2] base seed 0 done in 1 min 05 s: R@1 2.00, SumR 70.00"]

@@ -13,8 +13,9 @@ from omegaconf import open_dict
 
 from partial_relevance import tables
 from partial_relevance.tables import (
-    RANKING_FILE,
+    RANKING_ARTIFACT,
     RETRIEVER_DIR,
+    artifact_path,
     load_table_spec,
     plan_jobs,
     retriever_jobs,
@@ -25,6 +26,17 @@ from partial_relevance.train import train
 from support import CONF_DIR, TINY_SYNTHETIC
 
 STAGE_WISE = ("prem_vcmr", "prem_localizer_ablation", "prem_didemo")
+
+
+def finish_retriever(job, name: str = "my_rankings.h5") -> Path:
+    """A finished retriever run as train(cfg) leaves it: metrics.json reporting its ranking
+    file under "artifacts" (a non-default name: the tables never guess it)."""
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    ranking = job.run_dir / name
+    ranking.write_bytes(b"h5")
+    metrics = {"val/VR_SumR": 1.0, "artifacts": {RANKING_ARTIFACT: str(ranking)}}
+    (job.run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return ranking
 
 
 def _tiny(cache: Path) -> list[str]:
@@ -53,8 +65,13 @@ def test_stage_wise_tables_plan_a_retriever_per_seed(name, tmp_path):
             assert retriever.run_dir.parts[-5:-2] == (RETRIEVER_DIR, data, "runs")
             assert retriever.run_dir.name == f"seed{job.seed}"
             assert any(o.startswith("experiment=prem_retriever_") for o in retriever.overrides)
+            assert job.ranking_file is None and not retriever.done  # not run yet
+        for retriever in retriever_jobs(jobs):
+            finish_retriever(retriever)
+        for job in jobs:
+            assert job.retriever.done
             assert job.ranking_file == str(
-                retriever.run_dir.parent.resolve() / "seed${seed}" / RANKING_FILE
+                job.retriever.run_dir.parent.resolve() / "seed${seed}" / "my_rankings.h5"
             )
         assert len(retriever_jobs(jobs)) == 2  # one per seed, shared by every row
     # A single-stage table has no retriever stage.
@@ -79,6 +96,10 @@ def test_row_config_points_each_seed_at_its_retriever(tmp_path):
     spec = load_table_spec("prem_localizer_ablation")
     jobs = plan_jobs(spec, "synthetic", [0, 1], [], tmp_path)
     conf = write_row_configs(jobs, tmp_path / "conf")
+    assert not list((conf / "table_row").glob("*.yaml"))  # no retriever run: nothing to run
+    for retriever in retriever_jobs(jobs):
+        finish_retriever(retriever)
+    conf = write_row_configs(jobs, tmp_path / "conf")
     job = next(j for j in jobs if j.row.name == "no gates")
     text = (conf / "table_row" / f"{job.key}.yaml").read_text()
     assert yaml.safe_load(text)["data"]["ranking_file"] == job.ranking_file
@@ -92,7 +113,7 @@ def test_row_config_points_each_seed_at_its_retriever(tmp_path):
                     f"seed={seed}",
                 ],
             )
-        expected = job.retriever.run_dir.parent.resolve() / f"seed{seed}" / RANKING_FILE
+        expected = job.retriever.run_dir.parent.resolve() / f"seed{seed}" / "my_rankings.h5"
         assert cfg.data.ranking_file == str(expected)
         assert cfg.model.net.gates is False and cfg.task_name == "prem_synthetic"
     # The ranking file is set after the row's own overrides: it wins over a stale one.
@@ -146,7 +167,11 @@ def test_table_runs_the_retriever_then_the_localizer_on_its_rankings(
                 "columns": [{"name": "VCMR", "key": "val/VCMR_R@100 IoU0.5"}],
                 "common": {"synthetic": ["experiment=prem_synthetic", "data.batch_size=4"]},
                 "retriever": {
-                    "synthetic": ["experiment=prem_retriever_synthetic", "data.batch_size=16"]
+                    "synthetic": [
+                        "experiment=prem_retriever_synthetic",
+                        "data.batch_size=16",
+                        "model.ranking.file=custom_rankings.h5",  # read back by value
+                    ]
                 },
                 "rows": [
                     {"name": "full", "overrides": ["trainer.limit_train_batches=2"]},
@@ -171,7 +196,9 @@ def test_table_runs_the_retriever_then_the_localizer_on_its_rankings(
     assert "model.positive_warmup_epochs=0" not in localizer_cmd
     (retriever_dir,) = (root / RETRIEVER_DIR / "synthetic" / "runs").glob("*/seed0")
     assert retriever_dir.parent.name.startswith("prem_retriever_synthetic-")
-    assert (retriever_dir / RANKING_FILE).exists() and (retriever_dir / "metrics.json").exists()
+    ranking_file = artifact_path(retriever_dir, RANKING_ARTIFACT)
+    assert ranking_file is not None and ranking_file.exists()
+    assert ranking_file.name == "custom_rankings.h5"
     rows = sorted((root / "chain" / "synthetic" / "runs").glob("*/seed0/metrics.json"))
     assert len(rows) == 2
     for path in rows:
@@ -181,7 +208,7 @@ def test_table_runs_the_retriever_then_the_localizer_on_its_rankings(
             root / "chain" / "synthetic" / "conf" / "table_row" / path.parts[-3]
         ).with_suffix(".yaml")
         ranking = yaml.safe_load(row_cfg.read_text())["data"]["ranking_file"]
-        assert ranking.replace("${seed}", "0") == str((retriever_dir / RANKING_FILE).resolve())
+        assert ranking.replace("${seed}", "0") == str(ranking_file.resolve())
     markdown = (root / "chain.md").read_text()
     assert "| full |" in markdown and "| no gates |" in markdown
 

@@ -57,7 +57,7 @@ def tiny_overrides(experiment: str = "prvr_synthetic") -> list[str]:
 def test_train_in_process_one_epoch(tmp_path, synthetic_cache):
     out = tmp_path / "run"
     cfg = compose_train_config(tiny_overrides(), out, synthetic_cache)
-    value = train(cfg)
+    value = train(cfg).monitored
     metrics = json.loads((out / "metrics.json").read_text())
     assert value == pytest.approx(metrics["val/SumR"])
     for key in ("val/R@1", "val/R@5", "val/R@10", "val/R@100", "test/SumR", "val/SumR_chance"):

@@ -10,15 +10,16 @@
 `--out` (default `outputs/prem_pipeline/runs/<timestamp>`):
 
 1. `retriever/`: `train(cfg)` with `experiment=prem_retriever_synthetic_small` (`--size
-   full`: `prem_retriever_synthetic`) (VR metrics, checkpoint); its export step writes
-   `retriever/rankings.h5` (top-100 videos and scores of every query of every split, SPEC
-   §6.1).
+   full`: `prem_retriever_synthetic`) (VR metrics, checkpoint); its export step writes the
+   ranking file (`model.ranking.file`, by default `retriever/rankings.h5`: top-100 videos
+   and scores of every query of every split, SPEC §6.1), whose path `train(cfg)` returns in
+   `RunResult.artifacts["ranking_file"]`: every stage output is passed on by value.
 2. `localizer/`: `train(cfg)` with `experiment=prem_synthetic_small` (`--size full`:
-   `prem_synthetic`) and `data.ranking_file=retriever/rankings.h5`: negatives from the train
+   `prem_synthetic`) and `data.ranking_file=<that path>`: negatives from the train
    rankings (SPEC §5), the checkpoint with the best `val/VCMR_selection`; its export step
    reruns the VCMR pipeline (SPEC §6) with the best weights and writes `submission_val.json`
    (TVR format) and `vcmr_results_val.json` (the metrics computed in memory) beside
-   `metrics.json`.
+   `metrics.json`, both reported in its `RunResult.artifacts`.
 3. The random-localizer baseline: the same pipeline on the same retrieved videos with uniform
    start / end logits (`inference.vcmr.UniformLocalizer`); written to
    `localizer/random_localizer_val.json`.
@@ -26,6 +27,11 @@
    type) and the VR table, the trained localizer beside the random one, then scores the
    written `submission_val.json` back with `score_submission` and checks that it gives exactly
    the printed numbers (exit status 1 if not).
+
+`first_stage=NAME` (a positional choice, `make train-prem ARGS="first_stage=prvr"`) picks the
+stage-1 model from `conf/first_stage/`: `prem` (default, PREM's retriever), `prem_modules`
+(with PRVR's ICE/IRM/TCP), `prvr` (the PRVR base model on the corpus's PRVR view), `prvr_full`;
+each writes the same `rankings.h5` that stage 2 reads.
 
 `--size small` (default) runs the `*_small` experiment configs: the synthetic corpus shrunk
 to 400 / 100 / 100 videos and schedules that learn within ~5 minutes on a 2-core CPU (every
@@ -51,8 +57,9 @@ from typing import Any
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from partial_relevance.cli import exits_on_user_error
 from partial_relevance.inference.vcmr import (
     UniformLocalizer,
     VcmrInferenceConfig,
@@ -61,11 +68,12 @@ from partial_relevance.inference.vcmr import (
 )
 from partial_relevance.metrics.submission import score_submission
 from partial_relevance.metrics.vcmr import DEFAULT_IOUS, DEFAULT_KS, metric_key
-from partial_relevance.train import CONFIG_DIR, train
+from partial_relevance.train import CONFIG_DIR, RunResult, train
 
 __all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]
 
-DEFAULT_COMMON = ("logger=csv", "trainer.enable_progress_bar=false")
+# Lightning's progress bars stay on: each stage shows its epochs, batches and evaluation.
+DEFAULT_COMMON = ("logger=csv",)
 # The experiment of each stage per `--size`: `small` (the default of `make train-prem`) fits
 # both stages in ~5 minutes on a 2-core CPU (conf/experiment/*_small.yaml say how and why);
 # `full` is the full synthetic corpus. The two stages of a size read the same corpus.
@@ -75,6 +83,35 @@ EXPERIMENTS = {
 }
 RETRIEVER_EXPERIMENT = EXPERIMENTS["small"]["retriever"]
 LOCALIZER_EXPERIMENT = EXPERIMENTS["small"]["localizer"]
+FIRST_STAGE_DIR = Path(CONFIG_DIR) / "first_stage"
+
+
+def first_stage_experiment(name: str, size: str) -> str:
+    """The stage-1 experiment of the `first_stage` choice `name` (`conf/first_stage/<name>.yaml`:
+    prem | prem_modules | prvr | prvr_full) at `size`."""
+    path = FIRST_STAGE_DIR / f"{name}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in FIRST_STAGE_DIR.glob("*.yaml"))
+        raise ValueError(f"first_stage={name!r}: no {path}; choices: {choices}")
+    experiments = OmegaConf.load(path).get("experiment") or {}
+    if size not in experiments:
+        raise ValueError(f"{path}: no `experiment.{size}` (sizes there: {sorted(experiments)})")
+    return str(experiments[size])
+
+
+def parse_choices(items: Sequence[str]) -> dict[str, str]:
+    """`KEY=VALUE` pipeline choices (`make train-prem ARGS="first_stage=prvr"`); only
+    `first_stage` is one (per-stage Hydra overrides go through --common/--retriever/...)."""
+    choices = {"first_stage": "prem"}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in choices:
+            raise SystemExit(
+                f"prem_pipeline: unknown argument {item!r}; pipeline choices: "
+                f"{sorted(choices)} (Hydra overrides: --common / --retriever / --localizer)"
+            )
+        choices[key] = value
+    return choices
 
 
 def compose_stage(overrides: Sequence[str], output_dir: Path) -> DictConfig:
@@ -156,6 +193,17 @@ def _threads(value: str) -> int:
     return max(1, min(cores, int(cores - round(load))))
 
 
+def _artifact(result: RunResult, name: str, stage: str) -> Path:
+    """A file a stage wrote, as its `train(cfg)` reports it (never a guessed file name)."""
+    path = result.artifacts.get(name)
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(
+            f"{stage} run {result.output_dir} reported no {name!r} file "
+            f"(artifacts: {sorted(result.artifacts)}); see its metrics.json"
+        )
+    return Path(path)
+
+
 def run_pipeline(
     out: Path,
     common: Sequence[str] = DEFAULT_COMMON,
@@ -164,10 +212,11 @@ def run_pipeline(
     ranking_file: str | None = None,
     split: str = "val",
     size: str = "small",
+    first_stage: str = "prem",
 ) -> dict[str, Any]:
-    """Run the stages (see the module docstring) with the experiments of `size`; return
-    paths, results and wall times."""
-    experiments = EXPERIMENTS[size]
+    """Run the stages (see the module docstring) with the experiments of `size`, stage 1 the
+    `first_stage` choice's; return paths, results and wall times."""
+    experiments = {**EXPERIMENTS[size], "retriever": first_stage_experiment(first_stage, size)}
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if ranking_file is None:
@@ -175,8 +224,7 @@ def run_pipeline(
         cfg = compose_stage(
             [f"experiment={experiments['retriever']}", *common, *retriever], out / "retriever"
         )
-        train(cfg)
-        ranking_file = str(out / "retriever" / "rankings.h5")
+        ranking_file = str(_artifact(train(cfg), "ranking_file", "the retriever"))
         timings["retriever_s"] = time.perf_counter() - start
     else:
         print(f"[1/4] retriever skipped: rankings from {ranking_file}", flush=True)
@@ -193,7 +241,9 @@ def run_pipeline(
         ],
         loc_dir,
     )
-    train(cfg)
+    located = train(cfg)
+    submission = _artifact(located, f"{split}/submission", "the localizer")
+    results_path = _artifact(located, f"{split}/vcmr_results", "the localizer")
     timings["localizer_s"] = time.perf_counter() - t
 
     print("[3/4] random-localizer baseline on the same retrieved videos", flush=True)
@@ -205,13 +255,12 @@ def run_pipeline(
     (loc_dir / f"random_localizer_{split}.json").write_text(json.dumps(baseline, indent=2))
     timings["baseline_s"] = time.perf_counter() - t
 
-    results_path = loc_dir / f"vcmr_results_{split}.json"
     ours = json.loads(results_path.read_text())
     print(format_tables(ours, baseline, split))
 
-    print(f"\n[4/4] scoring {loc_dir / f'submission_{split}.json'} back", flush=True)
+    print(f"\n[4/4] scoring {submission} back", flush=True)
     split_data = datamodule.all_splits()[split]
-    scored = score_submission(loc_dir / f"submission_{split}.json", split_ground_truth(split_data))
+    scored = score_submission(submission, split_ground_truth(split_data))
     problems = compare_results(ours, scored)
     n_values = sum(len(v) for v in ours.values())
     if problems:
@@ -231,6 +280,7 @@ def run_pipeline(
     }
 
 
+@exits_on_user_error  # DataError, refused run, bad config value: one line, exit 1
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m partial_relevance.prem_pipeline",
@@ -252,7 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="small: the *_small experiments (400/100/100 videos, ~5 min on 2 cores); "
         "full: prem_retriever_synthetic + prem_synthetic (the full synthetic corpus)",
     )
+    parser.add_argument(
+        "choices",
+        nargs="*",
+        metavar="first_stage=NAME",
+        help="the first stage: prem (default) | prem_modules | prvr | prvr_full "
+        "(conf/first_stage/)",
+    )
     args = parser.parse_args(argv)
+    first_stage = parse_choices(args.choices)["first_stage"]
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(_threads(args.threads))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
@@ -260,13 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = DEFAULT_COMMON if args.common is None else tuple(args.common)
     retriever, localizer = tuple(args.retriever), tuple(args.localizer)
     print(f"PREM pipeline in {out} (torch threads: {torch.get_num_threads()})", flush=True)
-    print(f"experiments ({args.size}): {EXPERIMENTS[args.size]}", flush=True)
+    experiments = {**EXPERIMENTS[args.size]}
+    experiments["retriever"] = first_stage_experiment(first_stage, args.size)
+    print(f"experiments ({args.size}, first_stage={first_stage}): {experiments}", flush=True)
     print(
         f"overrides: both {list(common)}; retriever {list(retriever)}; localizer {list(localizer)}",
         flush=True,
     )
     result = run_pipeline(
-        out, common, retriever, localizer, args.ranking_file, args.split, args.size
+        out, common, retriever, localizer, args.ranking_file, args.split, args.size, first_stage
     )
     return 0 if result["round_trip_ok"] else 1
 

@@ -28,7 +28,9 @@ and `rankings.h5` there) is reused, also by every other table with the same retr
 Each row's config then sets `data.ranking_file` to `.../seed${seed}/rankings.h5` (the
 retriever run of the job's own seed), and the row's hash includes the retriever's key, so a
 localizer trained on another retriever is not taken for it. `--override`s apply to both
-stages, `--retriever-override`s to the retriever stage only.
+stages, `--retriever-override`s to the retriever stage only. A row may name its own
+`retriever:` (per data mode; a table comparing first stages, e.g. `cross_first_stage`): its
+localizer then reads that retriever's rankings.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +54,17 @@ from typing import Any
 
 import yaml
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = REPO_DIR / "experiments"
-CONF_DIR = REPO_DIR / "conf"
+from partial_relevance.cli import exits_on_user_error
+
+# Packaged with the code (src/partial_relevance/{experiments,conf} -> the repo's folders).
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "experiments"
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 DATA_MODES = ("synthetic", "real")
 ROW_GROUP = "table_row"  # the config group the row files form
 RETRIEVER_DIR = "_retrievers"  # under the tables root: retriever runs any table may reuse
-RANKING_FILE = "rankings.h5"  # the retriever run's ranking file (model.ranking.file default)
+# The retriever run's ranking file: read by value from its metrics.json ("artifacts", as
+# train(cfg) reports it), never a guessed file name (model.ranking.file is configurable).
+RANKING_ARTIFACT = "ranking_file"
 
 
 class TableSpecError(ValueError):
@@ -77,6 +84,9 @@ class Row:
     data: dict[str, tuple[str, ...]]  # data mode -> overrides
     paper: dict[str, float | None]  # column name -> the paper's number (None: "-")
     keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> own metric keys
+    # data mode -> the row's own retriever stage (overrides the table's `retriever`)
+    retriever: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    reference: bool = False  # the paper's numbers only (e.g. another method's): never run
 
 
 @dataclass(frozen=True)
@@ -102,19 +112,56 @@ class Job:
     key: str  # "<row slug>-<hash>": the row config's name and the job's parent directory
     run_dir: Path
     retriever: Job | None = None  # the stage-1 run (same seed) whose ranking file it reads
-    outputs: tuple[str, ...] = ("metrics.json",)  # files a finished job has written
+    # artifacts (names in metrics.json["artifacts"]) a finished job must have written
+    artifacts: tuple[str, ...] = ()
 
     @property
     def done(self) -> bool:
-        return all((self.run_dir / name).exists() for name in self.outputs)
+        """metrics.json is there, and every required artifact it reports exists."""
+        if not (self.run_dir / "metrics.json").exists():
+            return False
+        return all(
+            (path := artifact_path(self.run_dir, name)) is not None and path.exists()
+            for name in self.artifacts
+        )
 
     @property
     def ranking_file(self) -> str | None:
-        """`data.ranking_file` of this job's row config: its retriever's ranking file, the
-        seed left as `${seed}` so that one row config serves every seed of the multirun."""
-        if self.retriever is None:
+        """`data.ranking_file` of this job's row config: the ranking file its finished
+        retriever run reports (metrics.json), the seed directory written as `seed${seed}` so
+        that one row config serves every seed of the multirun; None while it is not done."""
+        if self.retriever is None or not self.retriever.done:
             return None
-        return str(self.retriever.run_dir.parent.resolve() / "seed${seed}" / RANKING_FILE)
+        path = artifact_path(self.retriever.run_dir, RANKING_ARTIFACT)
+        assert path is not None  # done
+        run_dir = self.retriever.run_dir.resolve()
+        if not path.resolve().is_relative_to(run_dir):
+            raise TableSpecError(
+                f"{self.retriever.run_dir}: its ranking file {path} lies outside the run "
+                "directory; a table needs one per seed (keep model.ranking.file relative)"
+            )
+        return str(run_dir.parent / "seed${seed}" / path.resolve().relative_to(run_dir))
+
+
+def artifact_path(run_dir: Path, name: str) -> Path | None:
+    """A file a finished run reports in its metrics.json: `artifacts[name]` (train(cfg)'s
+    RunResult.artifacts), or the flat key of runs written before that; None if absent."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    value = (metrics.get("artifacts") or {}).get(name) or metrics.get(name)
+    return Path(value) if isinstance(value, str) else None
+
+
+def job_seconds(run_dir: Path) -> float | None:
+    """Wall time of a finished job: its saved config (written when the job starts) to its
+    metrics.json (written last). A resumed job counts from its last start."""
+    start, end = Path(run_dir) / ".hydra" / "config.yaml", Path(run_dir) / "metrics.json"
+    if not (start.exists() and end.exists()):
+        return None
+    seconds = end.stat().st_mtime - start.stat().st_mtime
+    return seconds if seconds > 0 else None
 
 
 @dataclass
@@ -186,6 +233,10 @@ def load_table_spec(table: str | Path, experiments_dir: Path = EXPERIMENTS_DIR) 
                 overrides=_strings(row.get("overrides"), f"{where}: rows[{i}].overrides"),
                 data=_per_mode(row.get("data"), f"{where}: rows[{i}].data"),
                 paper={k: (None if v is None else float(v)) for k, v in paper.items()},
+                retriever=_per_mode(row["retriever"], f"{where}: rows[{i}].retriever")
+                if row.get("retriever")
+                else {},
+                reference=bool(row.get("reference", False)),
             )
         )
     if not rows:
@@ -230,13 +281,14 @@ def plan_retriever_jobs(
     seeds: Iterable[int],
     extra: Sequence[str] = (),
     root: Path = Path("outputs/tables"),
+    overrides: Sequence[str] | None = None,
 ) -> list[Job]:
     """The retriever stage of a stage-wise table: one job per seed (none when the table has
-    no `retriever` for `data`). Its directory `<root>/_retrievers/<data>/runs/<name>-<hash>/
-    seed<k>` depends only on the retriever config (overrides + `extra`), not on the table, so
-    tables that need the same retriever share its runs. Finished = metrics.json and the
-    ranking file."""
-    overrides = spec.retriever.get(data, ())
+    no `retriever` for `data`; with `overrides`: that retriever, e.g. a row's own). Its
+    directory `<root>/_retrievers/<data>/runs/<name>-<hash>/seed<k>` depends only on the
+    retriever config (overrides + `extra`), not on the table, so tables that need the same
+    retriever share its runs. Finished = metrics.json and the ranking file."""
+    overrides = tuple(spec.retriever.get(data, ()) if overrides is None else overrides)
     if not overrides:
         return []
     experiments = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
@@ -244,9 +296,9 @@ def plan_retriever_jobs(
     key = f"{slugify(name)}-{overrides_hash([*overrides, *extra])}"
     row = Row(name=f"retriever {name}", overrides=overrides, data={}, paper={})
     runs = Path(root) / RETRIEVER_DIR / data / "runs"
-    outputs = ("metrics.json", RANKING_FILE)
+    artifacts = (RANKING_ARTIFACT,)
     return [
-        Job(row, int(seed), overrides, key, runs / key / f"seed{seed}", outputs=outputs)
+        Job(row, int(seed), overrides, key, runs / key / f"seed{seed}", artifacts=artifacts)
         for seed in seeds
     ]
 
@@ -268,12 +320,20 @@ def plan_jobs(
     job's hash."""
     runs = Path(root) / spec.name / data / "runs"
     seeds = [int(s) for s in seeds]
-    retrievers = {
-        j.seed: j for j in plan_retriever_jobs(spec, data, seeds, [*extra, *retriever_extra], root)
-    }
+    stages: dict[tuple[str, ...], dict[int, Job]] = {}  # retriever overrides -> seed -> job
     jobs = []
     keys: dict[str, str] = {}  # hash -> key, named after the first row with that config
     for row in spec.rows:
+        if row.reference:  # printed beside ours, nothing to run
+            continue
+        # The row's own retriever (a table comparing first stages) or the table's.
+        stage = row.retriever.get(data) or spec.retriever.get(data, ())
+        if stage not in stages:
+            planned = plan_retriever_jobs(
+                spec, data, seeds, [*extra, *retriever_extra], root, stage
+            )
+            stages[stage] = {j.seed: j for j in planned}
+        retrievers = stages[stage]
         overrides = row_overrides(spec, row, data)
         stage1 = [f"retriever={retrievers[seeds[0]].key}"] if retrievers else []
         digest = overrides_hash([*overrides, *extra, *stage1])
@@ -334,12 +394,31 @@ def row_config(
 
 
 def write_row_configs(jobs: Sequence[Job], conf_dir: Path) -> Path:
-    """Write one row config per distinct job key under `conf_dir/table_row/`."""
+    """Write one row config per distinct job key under `conf_dir/table_row/`. A stage-wise
+    row whose retriever runs are not all finished is not written (it cannot run yet); the
+    ranking files of its seeds must follow one pattern (they do: one retriever config)."""
     group = Path(conf_dir) / ROW_GROUP
     group.mkdir(parents=True, exist_ok=True)
-    for job in {j.key: j for j in jobs}.values():
-        text = row_config(job.overrides, job.key, job.row, ranking_file=job.ranking_file)
-        (group / f"{job.key}.yaml").write_text(text)
+    by_key: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_key.setdefault(job.key, []).append(job)
+    for key, row_jobs in by_key.items():
+        job = row_jobs[-1]  # as before: the last row with this config names it
+        ranking_file = None
+        if job.retriever is not None:
+            if not all(j.retriever is not None and j.retriever.done for j in row_jobs):
+                continue
+            ranking_file = job.ranking_file
+            for other in row_jobs:
+                reported = artifact_path(other.retriever.run_dir, RANKING_ARTIFACT)  # type: ignore[union-attr]
+                expected = str(ranking_file).replace("${seed}", str(other.seed))
+                if reported is None or str(reported.resolve()) != expected:
+                    raise TableSpecError(
+                        f"retriever run {other.retriever.run_dir} reports ranking file "  # type: ignore[union-attr]
+                        f"{reported}, expected {expected} as for seed {job.seed}"
+                    )
+        text = row_config(job.overrides, key, job.row, ranking_file=ranking_file)
+        (group / f"{key}.yaml").write_text(text)
     return Path(conf_dir)
 
 
@@ -483,7 +562,7 @@ def render_markdown(
             std = s.std.get(column.name, math.nan)
             ours = _fmt(mean) if mean is None or math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
             cells += [ours, _fmt(s.row.paper.get(column.name))]
-        cells.append(str(s.n))
+        cells.append("ref." if s.row.reference else str(s.n))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -578,12 +657,132 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=Path,
         default=Path(os.environ.get("PARTIAL_RELEVANCE_ROOT", ".")) / "outputs" / "tables",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    parser.add_argument(
+        "--rows",
+        default=None,
+        metavar="A,B",
+        help="run only these rows (names or slugs, comma-separated); the table file still "
+        "shows every row that has results",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and a time estimate from this table's finished runs, run nothing",
+    )
     parser.add_argument(
         "--collect-only", action="store_true", help="only build the table from finished runs"
     )
     parser.add_argument("--wandb", action="store_true", help="also log the table to wandb")
     return parser.parse_args(argv)
+
+
+def select_rows(spec: TableSpec, rows: str | None) -> set[str]:
+    """The row names `--rows a,b` picks (by name or slug, case-insensitive); every row when
+    None. An unknown name is an error listing the table's rows."""
+    if not rows:
+        return {r.name for r in spec.rows}
+    by_slug = {slugify(r.name): r.name for r in spec.rows}
+    picked, unknown = set(), []
+    for name in (n.strip() for n in rows.split(",") if n.strip()):
+        if slugify(name) in by_slug:
+            picked.add(by_slug[slugify(name)])
+        else:
+            unknown.append(name)
+    if unknown or not picked:
+        raise TableSpecError(
+            f"{spec.path or spec.name}: --rows {rows!r}: unknown row(s) {unknown}; rows: "
+            + ", ".join(f"{r.name!r} ({slugify(r.name)})" for r in spec.rows)
+        )
+    return picked
+
+
+def format_duration(seconds: float) -> str:
+    """`1 h 05 min`, `4 min 12 s`, `35 s`."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def estimate(pending: Sequence[Job], runs_dir: Path) -> str:
+    """A time estimate for running `pending` one after another, from the finished jobs under
+    `runs_dir` (`<key>/seed<k>`: the same table and data mode): each pending job takes the
+    mean of the finished seeds of its own config if any, else the mean of every finished
+    job there. Jobs on more workers (a SLURM sweep) finish sooner."""
+    finished: dict[str, list[float]] = {}
+    for metrics in sorted(Path(runs_dir).glob("*/seed*/metrics.json")):
+        seconds = job_seconds(metrics.parent)
+        if seconds is not None:
+            finished.setdefault(metrics.parent.parent.name, []).append(seconds)
+    every = [t for times in finished.values() for t in times]
+    pending = list({j.run_dir: j for j in pending}.values())  # rows sharing a run: one job
+    if not pending:
+        return "nothing to run"
+    if not every:
+        return f"no finished run under {runs_dir} to estimate {len(pending)} job(s) from"
+    total = sum(statistics.fmean(finished.get(j.key, every)) for j in pending)
+    return (
+        f"estimate: {len(pending)} job(s) ~ {format_duration(total)} one after another "
+        f"(from {len(every)} finished run(s) here, {format_duration(statistics.fmean(every))} "
+        "each on average)"
+    )
+
+
+class JobProgress:
+    """While a sweep runs, print one line per job that finishes (its metrics.json appears):
+    `[k/n] <row> seed <s> done in <time>: <column> <value> ...` (a thread polling the jobs'
+    run directories every `interval` seconds; works for any launcher)."""
+
+    def __init__(
+        self, jobs: Sequence[Job], spec: TableSpec | None = None, interval: float = 2.0
+    ) -> None:
+        self.jobs = list({j.run_dir: j for j in jobs}.values())
+        self.spec = spec
+        self.interval = interval
+        self.reported: set[Path] = {j.run_dir for j in self.jobs if j.done}
+        self.total = len(self.jobs)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def poll(self) -> None:
+        for job in self.jobs:
+            if job.run_dir in self.reported or not job.done:
+                continue
+            self.reported.add(job.run_dir)
+            line = f"[{len(self.reported)}/{self.total}] {job.row.name} seed {job.seed} done"
+            seconds = job_seconds(job.run_dir)
+            if seconds is not None:
+                line += f" in {format_duration(seconds)}"
+            if self.spec is not None:
+                metrics = json.loads((job.run_dir / "metrics.json").read_text())
+                values = [(c.name, _value(metrics, c, job.row)) for c in self.spec.columns]
+                shown = [f"{name} {value:.2f}" for name, value in values if value is not None]
+                if shown:
+                    line += ": " + ", ".join(shown)
+            print(line, flush=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self) -> JobProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+
+def _list_jobs(jobs: Sequence[Job], selected: set[str] | None = None) -> None:
+    for job in jobs:
+        state = "done" if job.done else "todo"
+        if selected is not None and job.row.name not in selected and not job.done:
+            state = "skip"
+        print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
 
 
 def run_retrievers(
@@ -601,37 +800,39 @@ def run_retrievers(
     if not retrievers:
         return 0
     print(f"retriever stage: {len(retrievers) - len(pending)} done, {len(pending)} to run")
-    for job in retrievers:
-        state = "done" if job.done else "todo"
-        print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
+    _list_jobs(retrievers)
     status = 0
     if pending:
         base = retrievers[0].run_dir.parents[1]  # <root>/_retrievers/<data>/runs
+        print(estimate(pending, base), flush=True)
         conf_dir = write_row_configs(retrievers, base.parent / "conf")
         for command in sweep_commands(retrievers, conf_dir, base, extra):
             print("$ " + " ".join(command), flush=True)
             if not dry_run:
-                status = call(command) or status
+                with JobProgress(retrievers):
+                    status = call(command) or status
     return status
 
 
+@exits_on_user_error  # DataError, refused run, bad config value: one line, exit 1
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     spec = load_table_spec(args.table)
+    selected = select_rows(spec, args.rows)
     seeds = list(range(args.seeds))
     extra = list(args.override)
     retriever_extra = list(args.retriever_override)
     jobs = plan_jobs(spec, args.data, seeds, extra, args.root, retriever_extra)
     base = Path(args.root) / spec.name / args.data
     launcher = [f"launcher={args.launcher}"] if args.launcher else []
-    pending = [j for j in jobs if not j.done]
+    chosen = [j for j in jobs if j.row.name in selected]
+    pending = [j for j in chosen if not j.done]
+    rows = f"{len(selected)} of {len(spec.rows)} rows" if args.rows else f"{len(spec.rows)} rows"
     print(
-        f"table {spec.name} ({args.data}): {len(spec.rows)} rows x {len(seeds)} seeds, "
-        f"{len(jobs) - len(pending)} done, {len(pending)} to run"
+        f"table {spec.name} ({args.data}): {rows} x {len(seeds)} seeds, "
+        f"{sum(j.done for j in jobs)} done, {len(pending)} to run"
     )
-    for job in jobs:
-        state = "done" if job.done else "todo"
-        print(f"  [{state}] {job.row.name:<24} seed {job.seed}  {job.run_dir}")
+    _list_jobs(jobs, selected)
     status = 0
     if pending and not args.collect_only:
         # Stage 1 (stage-wise tables): the retrievers whose rankings the pending jobs read.
@@ -641,16 +842,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         blocked = [j for j in pending if j.retriever and not j.retriever.done]
         if blocked and not args.dry_run:
             print(
-                f"{len(blocked)} job(s) wait for a retriever run without "
-                f"{' and '.join(blocked[0].retriever.outputs)}; not run",  # type: ignore[union-attr]
+                f"{len(blocked)} job(s) wait for a retriever run that did not finish (no "
+                f"metrics.json reporting its {RANKING_ARTIFACT}); not run",
                 file=sys.stderr,
             )
-        ready = jobs if args.dry_run else [j for j in jobs if j not in blocked]
-        conf_dir = write_row_configs(jobs, base / "conf")
+        ready = pending if args.dry_run else [j for j in pending if j not in blocked]
+        print(estimate(ready, base / "runs"), flush=True)
+        conf_dir = write_row_configs(ready, base / "conf")
         for command in sweep_commands(ready, conf_dir, base / "runs", [*extra, *launcher]):
             print("$ " + " ".join(command), flush=True)
             if not args.dry_run:
-                status = subprocess.call(command) or status
+                with JobProgress(ready, spec):
+                    status = subprocess.call(command) or status
     if args.dry_run:
         return 0
     markdown, table_csv, written = build_table(spec, jobs, args.data, seeds, args.root)
@@ -658,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("written: " + ", ".join(str(p) for p in written))
     if args.wandb:
         log_to_wandb(spec, table_csv, args.data, args.root)
-    missing = [j for j in jobs if not j.done]
+    missing = [j for j in chosen if not j.done]
     if missing and not args.collect_only:
         print(f"{len(missing)} job(s) have no metrics.json", file=sys.stderr)
         status = status or 1

@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-REPO_DIR = Path(__file__).resolve().parents[2]
-CONF_DIR = REPO_DIR / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # the packaged configs (= the repo's conf/)
+# The checkout this module runs from (src/ layout); None for an installed wheel.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+REPO_DIR = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() else None
 
 # ------------------------------------------------------------------------------------ runs
 
@@ -69,7 +71,8 @@ def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> 
     """The config of a finished run (`<run_dir>/.hydra/config.yaml`), resolved outside Hydra.
 
     `paths.output_dir` becomes `run_dir`; `paths.root_dir` becomes `root_dir`, else
-    `$PARTIAL_RELEVANCE_ROOT`, else the repository, so relative data paths still resolve.
+    `$PARTIAL_RELEVANCE_ROOT`, else the repository (the working directory for an installed
+    package), so relative data paths still resolve.
     """
     run_dir = Path(run_dir).resolve()
     path = run_dir / ".hydra" / "config.yaml"
@@ -77,7 +80,7 @@ def load_run_config(run_dir: str | Path, root_dir: str | Path | None = None) -> 
         raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of train.py?")
     cfg = OmegaConf.load(path)
     assert isinstance(cfg, DictConfig)
-    root = root_dir or os.environ.get("PARTIAL_RELEVANCE_ROOT") or REPO_DIR
+    root = root_dir or os.environ.get("PARTIAL_RELEVANCE_ROOT") or REPO_DIR or Path.cwd()
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.root_dir = str(Path(root).resolve())
@@ -200,7 +203,7 @@ def encode_prvr_split(
 def prvr_scores(module: pl.LightningModule, encoded: Mapping[str, Tensor]) -> Tensor:
     """Inference scores (PRVR Eq. 14) of every query against every video: [Q, V]."""
     index = {k.split("/", 1)[1]: v for k, v in encoded.items() if k.startswith("index/")}
-    alpha = module.eval_cfg["alpha"]
+    alpha = module.eval_cfg.alpha
     with torch.no_grad():
         return module.net.score_queries(encoded["query"], index, alpha)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from partial_relevance.data.vcmr_localizer import adversarial_span_positives
 from partial_relevance.inference.spans import (
-    adversarial_span_positives,
     decode_top_spans,
     decode_top_spans_batch,
     enumerate_spans,

@@ -91,7 +91,7 @@ def test_ice_loss_zero_below_two_pairs() -> None:
     for n_c in (0, 1):
         mo = torch.randn(n_c, 4, requires_grad=True)
         qu = torch.randn(n_c, 4, requires_grad=True)
-        loss = ice_loss(mo, qu)
+        loss = ice_loss(mo, qu, nce_weight=0.04)
         assert loss.item() == 0.0 and loss.dim() == 0
 
 
@@ -106,9 +106,18 @@ def test_ice_loss_two_pair_hand_value() -> None:
     #   v2t = (lse(2, 0) - 2 + lse(1.2, 1.6) - 1.6) / 2
     t2v = (lse(2, 1.2) - 2 + lse(0, 1.6) - 1.6) / 2
     v2t = (lse(2, 0) - 2 + lse(1.2, 1.6) - 1.6) / 2
-    expected = 0.05 + t2v + v2t
+    # L_ice = triplet + λ₂ · InfoNCE, λ₂ = 0.04 (SPEC §3, revised)
+    expected = 0.05 + 0.04 * (t2v + v2t)
     for average in ("video", "pair"):  # one positive per column: both averages agree
-        loss = ice_loss(moments, queries, margin=0.3, nce_sim="dot", tau=0.5, nce_average=average)
+        loss = ice_loss(
+            moments,
+            queries,
+            margin=0.3,
+            nce_sim="dot",
+            tau=0.5,
+            nce_average=average,
+            nce_weight=0.04,
+        )
         assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
@@ -121,7 +130,9 @@ IRM_MNCE = torch.tensor([[1.0, 0.0], [0.5, 2.0]])
 
 
 def _irm_neg(r_v: torch.Tensor, r_q: torch.Tensor) -> torch.Tensor:
-    return irm_neg_loss(r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, margin=0.2, nce_sim="dot")
+    return irm_neg_loss(
+        r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, margin=0.2, nce_sim="dot", nce_weight=0.04
+    )
 
 
 def test_irm_neg_hand_value() -> None:
@@ -133,7 +144,8 @@ def test_irm_neg_hand_value() -> None:
     # InfoNCE (dot, τ = 1): q0 row [1.0, 0.0, .6, 0] -> lse - 1.0
     #                       q1 row [2.0, 0.5, 0, .6] -> lse - 2.0   (positive S_m(V_1, q1) = 2)
     nce = ((lse(1.0, 0.0, 0.6, 0.0) - 1.0) + (lse(2.0, 0.5, 0.0, 0.6) - 2.0)) / 2
-    assert _irm_neg(r_v, r_q).item() == pytest.approx(0.35 + nce, abs=1e-6)
+    # L_neg = triplet + λ₂ · InfoNCE, λ₂ = 0.04 (SPEC §3, revised)
+    assert _irm_neg(r_v, r_q).item() == pytest.approx(0.35 + 0.04 * nce, abs=1e-6)
 
 
 def test_irm_neg_lower_when_redundancy_is_pushed_away() -> None:
@@ -155,8 +167,10 @@ def test_irm_neg_lower_when_redundancy_is_pushed_away() -> None:
 def test_irm_neg_tau_divides_every_logit() -> None:
     r_v = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
     r_q = torch.tensor([[0.0, 1.0], [0.8, 0.6]])
-    a = irm_neg_loss(r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, tau=0.5)
-    b = irm_neg_loss(r_v * 2, r_q * 2, IRM_Q, IRM_MCOS, IRM_MNCE * 2, IRM_Y, tau=1.0)
+    a = irm_neg_loss(r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, tau=0.5, nce_weight=1.0)
+    b = irm_neg_loss(
+        r_v * 2, r_q * 2, IRM_Q, IRM_MCOS, IRM_MNCE * 2, IRM_Y, tau=1.0, nce_weight=1.0
+    )
     assert a.item() == pytest.approx(b.item(), abs=1e-6)  # cosines are scale-free
 
 
@@ -171,8 +185,8 @@ def test_irm_red_hand_value() -> None:
     #   t2v = (lse(.8, 0) - .8 + lse(.6, 1) - 1) / 2 ; v2t = (lse(.8, .6) - .8 + lse(0, 1) - 1) / 2
     t2v = (lse(0.8, 0.0) - 0.8 + lse(0.6, 1.0) - 1.0) / 2
     v2t = (lse(0.8, 0.6) - 0.8 + lse(0.0, 1.0) - 1.0) / 2
-    loss = irm_red_loss(r_v, r_q, margin=0.3, nce_sim="dot", tau=1.0)
-    assert loss.item() == pytest.approx(0.05 + t2v + v2t, abs=1e-6)
+    loss = irm_red_loss(r_v, r_q, margin=0.3, nce_sim="dot", tau=1.0, nce_weight=0.04)
+    assert loss.item() == pytest.approx(0.05 + 0.04 * (t2v + v2t), abs=1e-6)  # λ₂ = 0.04
 
 
 # --------------------------------------------------------------------------- TCP
@@ -259,18 +273,22 @@ def test_all_prvr_losses_backpropagate() -> None:
         return torch.randn(*shape, generator=gen).requires_grad_(True)
 
     mo, qu = leaf(n, D), leaf(n, D)
-    ice_loss(mo, qu, margin=2.0, generator=torch.Generator().manual_seed(1)).backward()
+    ice_loss(
+        mo, qu, margin=2.0, generator=torch.Generator().manual_seed(1), nce_weight=0.04
+    ).backward()
     assert mo.grad.abs().sum() > 0 and qu.grad.abs().sum() > 0
 
     r_v, r_q, q = leaf(n, D), leaf(n, D), leaf(n, D)
     mcos, mnce = leaf(n, 3), leaf(n, 3)
     y = torch.tensor([0, 0, 1, 2, 2])
-    irm_neg_loss(r_v, r_q, q, mcos, mnce, y, margin=5.0).backward()
+    irm_neg_loss(r_v, r_q, q, mcos, mnce, y, margin=5.0, nce_weight=0.04).backward()
     for t in (r_v, r_q, q, mcos, mnce):
         assert t.grad is not None and t.grad.abs().sum() > 0
 
     r_v, r_q = leaf(n, D), leaf(n, D)
-    irm_red_loss(r_v, r_q, margin=2.0, generator=torch.Generator().manual_seed(2)).backward()
+    irm_red_loss(
+        r_v, r_q, margin=2.0, generator=torch.Generator().manual_seed(2), nce_weight=0.04
+    ).backward()
     assert r_v.grad.abs().sum() > 0 and r_q.grad.abs().sum() > 0
 
     x = leaf(2, 8, D)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.preprocess import CLIP_SECONDS
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Query:
     duration: float | None = None
     query_type: str | None = None  # TVR: "v" | "t" | "vt"
     windows: tuple[tuple[float, float], ...] | None = None
+    line: int | None = field(default=None, compare=False)  # 1-based line in its file
 
 
 def read_caption_file(path: str | Path) -> list[Query]:
@@ -47,7 +49,7 @@ def read_caption_file(path: str | Path) -> list[Query]:
                     path,
                     f"line {line_number}: expected '<video_id>#<n> <text>', found {line[:80]!r}",
                 )
-            queries.append(Query(cap_id, cap_id.split("#")[0], text.strip()))
+            queries.append(Query(cap_id, cap_id.split("#")[0], text.strip(), line=line_number))
     if not queries:
         raise DataError(path, "holds no captions")
     return queries
@@ -61,8 +63,6 @@ def videos_in_order(queries: list[Query]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # TVR jsonl (SPEC §1.2)
 # --------------------------------------------------------------------------------------------
-
-TVR_LABEL_FIELDS = ("vid_name", "duration", "ts")  # absent from test_public, all-or-none
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -140,35 +140,81 @@ def read_tvr_jsonl(path: str | Path) -> list[Query]:
     a label field fails loudly instead of yielding an unlabelled query. `type` may be absent
     (other TVR-style corpora); then `query_type` is None.
     """
-    path = require_exists(path, "TVR annotation file")
+    return read_moment_jsonl(path, ts_form="one", required=("desc", "duration"))
+
+
+def read_moment_jsonl(
+    path: str | Path,
+    ts_form: str = "auto",
+    required: tuple[str, ...] = (),
+    labels: str = "auto",
+) -> list[Query]:
+    """The one parser of TVR-style moment jsonl (TVR, TVR-style DiDeMo, submission labels).
+
+    Each line: `desc_id` (int, unique) and, in a labelled file, `vid_name` and `ts`; `desc`,
+    `duration` and `type` (v | t | vt) are read when present and must be present when named in
+    `required`. `ts_form`: "one" (`[st, ed]`, TVR), "many" (a list of annotator windows,
+    DiDeMo: `span` is the most frequent, `windows` all) or "auto" (by the value's shape).
+    `labels`: "auto" (labelled iff the first record has `vid_name`) or "required".
+    A moment starting before 0, ending before it starts, or ending more than one clip
+    (1.5 s) after the video's `duration` is a DataError naming the file and line.
+    """
+    path = require_exists(path, "annotation file")
     queries: list[Query] = []
     seen: set[str] = set()
-    labelled: bool | None = None
+    labelled: bool | None = True if labels == "required" else None
     for line_number, record in _iter_jsonl(path):
         where = f"line {line_number}"
         if labelled is None:
             labelled = "vid_name" in record
-        text = _field(path, line_number, record, "desc")
-        if not isinstance(text, str):
-            raise DataError(path, f"{where}: field 'desc' must be a string, found {text!r}")
+        if "desc" in required or "desc" in record:
+            text = _field(path, line_number, record, "desc")
+            if not isinstance(text, str):
+                raise DataError(path, f"{where}: field 'desc' must be a string, found {text!r}")
+        else:
+            text = ""
         query_id = _desc_id(path, where, _field(path, line_number, record, "desc_id"), seen)
         if not labelled:
-            queries.append(Query(query_id, None, text.strip()))
+            queries.append(Query(query_id, None, text.strip(), line=line_number))
             continue
-        video_id, duration, ts = (_field(path, line_number, record, f) for f in TVR_LABEL_FIELDS)
+        video_id = _field(path, line_number, record, "vid_name")
+        ts = _field(path, line_number, record, "ts")
+        if "duration" in required or record.get("duration") is not None:
+            duration: float | None = _number(
+                path, where, "duration", _field(path, line_number, record, "duration")
+            )
+        else:
+            duration = None
         if not isinstance(video_id, str) or not video_id:
             raise DataError(path, f"{where}: field 'vid_name' must be a non-empty string")
         query_type = record.get("type")
         if query_type is not None and query_type not in ("v", "t", "vt"):
             raise DataError(path, f"{where}: field 'type' must be v, t or vt, found {query_type!r}")
+        many = isinstance(ts, list) and bool(ts) and isinstance(ts[0], (list, tuple))
+        if ts_form == "many" and not many:
+            raise DataError(path, f"{where}: field 'ts' must be a list of [st, ed] windows")
+        if ts_form == "one" or not many:
+            windows: tuple[tuple[float, float], ...] = (_window(path, where, "ts", ts),)
+        else:
+            windows = tuple(_window(path, where, "ts", window) for window in ts)
+        if duration is not None:
+            end = max(w[1] for w in windows)
+            if end > duration + CLIP_SECONDS:
+                raise DataError(
+                    path,
+                    f"{where}: field 'ts' ends at {end} s, after the video's duration "
+                    f"{duration} s (more than one {CLIP_SECONDS} s clip beyond it)",
+                )
         queries.append(
             Query(
                 query_id,
                 video_id,
                 text.strip(),
-                span=_window(path, where, "ts", ts),
-                duration=_number(path, where, "duration", duration),
+                span=most_frequent_window(windows) if many else windows[0],
+                duration=duration,
                 query_type=query_type,
+                windows=windows if many else None,
+                line=line_number,
             )
         )
     if not queries:
@@ -328,29 +374,4 @@ def read_didemo_tvr_style(path: str | Path) -> list[Query]:
     Required: `vid_name`, `ts`, `desc`, `desc_id`; `duration` is read when present. `span` is
     the most frequent window (ties to the first), `windows` all of them, in seconds.
     """
-    path = require_exists(path, "DiDeMo annotation file")
-    queries: list[Query] = []
-    seen: set[str] = set()
-    for line_number, record in _iter_jsonl(path):
-        where = f"line {line_number}"
-        video_id = _field(path, line_number, record, "vid_name")
-        ts = _field(path, line_number, record, "ts")
-        text = _field(path, line_number, record, "desc")
-        query_id = _desc_id(path, where, _field(path, line_number, record, "desc_id"), seen)
-        if not isinstance(ts, list) or not ts or not isinstance(ts[0], (list, tuple)):
-            raise DataError(path, f"{where}: field 'ts' must be a list of [st, ed] windows")
-        windows = tuple(_window(path, where, "ts", window) for window in ts)
-        duration = record.get("duration")
-        queries.append(
-            Query(
-                query_id,
-                str(video_id),
-                str(text).strip(),
-                span=most_frequent_window(windows),
-                duration=None if duration is None else _number(path, where, "duration", duration),
-                windows=windows,
-            )
-        )
-    if not queries:
-        raise DataError(path, "holds no queries")
-    return queries
+    return read_moment_jsonl(path, ts_form="many", required=("desc",), labels="required")

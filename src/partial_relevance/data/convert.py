@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,11 +36,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from partial_relevance.cli import one_line_errors
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.stores import STORE_FORMATS, FeatureStore, open_store, require_keys
 from partial_relevance.data.stores.hdf5 import MASK_SUFFIX, Hdf5Store
-
-GROUPS = ("video", "sub", "query")
 
 
 @dataclass
@@ -270,23 +268,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        summaries = convert(
-            args.out,
-            video=args.video,
-            video_format=args.video_format,
-            sub=args.sub,
-            sub_format=args.sub_format,
-            query=args.query,
-            query_format=args.query_format,
-            split_keys=args.split_keys,
-            force=args.force,
-            progress=not args.no_progress,
-        )
+        with one_line_errors():  # bad data: one line on stderr, exit 1
+            summaries = convert(
+                args.out,
+                video=args.video,
+                video_format=args.video_format,
+                sub=args.sub,
+                sub_format=args.sub_format,
+                query=args.query,
+                query_format=args.query_format,
+                split_keys=args.split_keys,
+                force=args.force,
+                progress=not args.no_progress,
+            )
     except FileExistsError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")  # a usage error: exit code 2
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
     parts = [f"{s.count} {name} (dim {s.dim})" for name, s in summaries.items()]
     print(f"wrote {args.out}: {', '.join(parts)} in {time.perf_counter() - start:.1f} s")
 

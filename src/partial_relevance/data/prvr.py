@@ -18,10 +18,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from partial_relevance.data.annotations import Query, read_caption_file, videos_in_order
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import prvr_query_input, prvr_video_inputs
-from partial_relevance.data.stores.bigfile import BigFileStore
-from partial_relevance.data.stores.hdf5 import Hdf5Store
+from partial_relevance.data.stores import open_store, require_nonempty
 from partial_relevance.data.synthetic import (
     COLLECTION,
     PRVR_FEATURE,
@@ -70,11 +70,11 @@ class PrvrCorpus:
         self.collection_dir = require_exists(self.root / collection, "PRVR collection directory")
         self.collection = collection
         self.text_dir = self.collection_dir / "TextData"
-        self.video_store = BigFileStore(
-            self.collection_dir / "FeatureData" / feature, expected_dim=video_dim
+        self.video_store = open_store(
+            "bigfile", self.collection_dir / "FeatureData" / feature, expected_dim=video_dim
         )
-        self.query_store = Hdf5Store(
-            self.text_dir / f"roberta_{collection}_query_feat.hdf5", expected_dim=query_dim
+        self.query_store = open_store(
+            "hdf5", self.text_dir / f"roberta_{collection}_query_feat.hdf5", query_dim
         )
         self.num_moments = num_moments
         self.max_frames = max_frames
@@ -108,6 +108,7 @@ class PrvrCorpus:
                     self.video_store.path / "video2frames.txt",
                     f"video {video!r} (from {path.name}) has no features",
                 )
+        require_nonempty(self.query_store, (q.query_id for q in queries), path)
         return make_split(split, queries)
 
     def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,12 +131,14 @@ class PrvrTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
-        query_ids = [self.split.queries[q].query_id for q in self.split.queries_of_video[index]]
+        positions = list(self.split.queries_of_video[index])
+        query_ids = [self.split.queries[q].query_id for q in positions]
         return {
             "video_index": index,
             "moments": moments,
             "frames": frames,
             "queries": [self.corpus.query_input(q) for q in query_ids],
+            "query_index": positions,
         }
 
 
@@ -194,23 +197,12 @@ class PrvrQueryDataset(Dataset):
         }
 
 
-def pad_sequences(arrays: list[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """Stack `[n_i, D]` arrays into `[B, max n, D]` zero-padded plus a bool mask `[B, max n]`."""
-    lengths = [len(a) for a in arrays]
-    dim = arrays[0].shape[-1]
-    out = np.zeros((len(arrays), max(lengths), dim), dtype=np.float32)
-    mask = np.zeros((len(arrays), max(lengths)), dtype=bool)
-    for i, a in enumerate(arrays):
-        out[i, : len(a)] = a
-        mask[i, : len(a)] = True
-    return torch.from_numpy(out), torch.from_numpy(mask)
-
-
 def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     """Videos (and, in training, their queries) -> padded tensors.
 
     moments [b, 32, D], frames [b, Tf, D], frame_mask [b, Tf]; when the items carry queries:
-    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch).
+    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch) and,
+    in training, query_index [n] (each query's position in its split).
     """
     frames, frame_mask = pad_sequences([it["frames"] for it in items])
     batch = {
@@ -225,6 +217,10 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch["query_video"] = torch.tensor(
             [b for b, it in enumerate(items) for _ in it["queries"]], dtype=torch.long
         )
+        if all("query_index" in it for it in items):  # training items: the queries' split ids
+            batch["query_index"] = torch.tensor(
+                [q for it in items for q in it["query_index"]], dtype=torch.long
+            )
     return batch
 
 

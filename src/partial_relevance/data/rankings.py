@@ -135,11 +135,42 @@ def read_rankings(path: str | Path, split: str) -> SplitRanking:
         for name in ("query_id", "video_names", "video_idx", "scores", "gt_video_idx"):
             if name not in group:
                 raise DataError(path, f"split {split!r}: missing dataset {name!r}")
-        return SplitRanking(
-            split,
-            [s.decode() if isinstance(s, bytes) else str(s) for s in group["query_id"][()]],
-            [s.decode() if isinstance(s, bytes) else str(s) for s in group["video_names"][()]],
-            group["video_idx"][()],
-            group["scores"][()],
-            group["gt_video_idx"][()],
+        try:
+            ranking = SplitRanking(
+                split,
+                [s.decode() if isinstance(s, bytes) else str(s) for s in group["query_id"][()]],
+                [s.decode() if isinstance(s, bytes) else str(s) for s in group["video_names"][()]],
+                group["video_idx"][()],
+                group["scores"][()],
+                group["gt_video_idx"][()],
+            )
+        except ValueError as error:
+            raise DataError(path, str(error)) from None
+    check_ranking(path, ranking)
+    return ranking
+
+
+def check_ranking(path: Path, ranking: SplitRanking) -> None:
+    """DataError naming the file, split, query row and field for an index out of range or a
+    non-finite score (a NaN score would otherwise rank anywhere)."""
+    num_videos = len(ranking.video_names)
+    where = f"split {ranking.split!r}"
+    for name, values, low in (
+        ("video_idx", ranking.video_idx, 0),
+        ("gt_video_idx", ranking.gt_video_idx, -1),
+    ):
+        bad = (values < low) | (values >= num_videos)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(
+                path,
+                f"{where}, query row {row} ({ranking.query_ids[row]!r}): {name} out of range "
+                f"[{low}, {num_videos})",
+            )
+    finite = np.isfinite(ranking.scores)
+    if not finite.all():
+        row = int(np.argwhere(~finite)[0][0])
+        raise DataError(
+            path,
+            f"{where}, query row {row} ({ranking.query_ids[row]!r}): non-finite score",
         )

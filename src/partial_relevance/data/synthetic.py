@@ -40,8 +40,10 @@ SPLITS = ("train", "val", "test")
 QUERY_TYPES = ("v", "vt", "t")
 QUERY_TYPE_PROBS = (0.743, 0.168, 0.089)  # TVR val: v 8,097 / vt 1,834 / t 964
 CLIP_SECONDS = 1.5
-FORMAT_VERSION = 3  # bump when the recipe changes: the cache key includes it
+FORMAT_VERSION = 4  # bump when the recipe changes: the cache key includes it
 # v3: a moment in the last clip of a short video no longer starts after the video's end
+# v4: writes the latent truth (TRUTH_FILE); events per video and the duration scale are fields
+TRUTH_FILE = "latent_truth.json"  # sidecar beside corpus.json: read by probes, never by models
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,24 @@ class SyntheticConfig:
     token_noise: float = 0.5
     min_tokens: int = 10
     max_tokens: int = 20
+    # Structure (docs/prvr_ablations.md "The Fig. 1 regime"): events per video are drawn
+    # uniformly from [min_events, max_events]; durations are TVR-val-like times duration_scale.
+    min_events: int = 6
+    max_events: int = 12
+    duration_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_events <= self.max_events:
+            raise ValueError(
+                f"synthetic: need 1 <= min_events <= max_events, got "
+                f"{self.min_events}, {self.max_events}"
+            )
+        if self.duration_scale <= 0:
+            raise ValueError(f"synthetic: duration_scale must be > 0, got {self.duration_scale}")
+        if self.queries_per_video < 1:
+            raise ValueError(
+                f"synthetic: queries_per_video must be >= 1, got {self.queries_per_video}"
+            )
 
     def key(self) -> str:
         """Short hash of the parameters (and the recipe version) naming the cache folder."""
@@ -117,16 +137,21 @@ def _ar1_noise(rng: np.random.Generator, n: int, d: int, rho: float = 0.8) -> np
     return out / np.sqrt(d)
 
 
-def _sample_duration(rng: np.random.Generator) -> float:
-    """TVR-val-like durations: mostly 55-95 s, a tail from 15 to 150 s."""
+def _sample_duration(rng: np.random.Generator, scale: float = 1.0) -> float:
+    """TVR-val-like durations (mostly 55-95 s, a tail from 15 to 150 s), times `scale`."""
     if rng.random() < 0.85:
-        return float(np.round(rng.uniform(55.0, 96.0), 2))
-    return float(np.round(rng.uniform(15.0, 150.0), 2))
+        duration = float(np.round(rng.uniform(55.0, 96.0), 2))
+    else:
+        duration = float(np.round(rng.uniform(15.0, 150.0), 2))
+    return duration if scale == 1.0 else round(duration * scale, 2)
 
 
-def _split_events(rng: np.random.Generator, num_clips: int) -> list[tuple[int, int]]:
-    """Partition `num_clips` into 6-12 events (inclusive clip spans), ≈ 11 % each on average."""
-    num_events = int(min(num_clips, rng.integers(6, 13)))
+def _split_events(
+    rng: np.random.Generator, num_clips: int, min_events: int = 6, max_events: int = 12
+) -> list[tuple[int, int]]:
+    """Partition `num_clips` into `min_events`-`max_events` events (inclusive clip spans);
+    the default 6-12 makes an event ≈ 11 % of its video on average."""
+    num_events = int(min(num_clips, rng.integers(min_events, max_events + 1)))
     cuts = np.sort(rng.choice(np.arange(1, num_clips), size=num_events - 1, replace=False))
     bounds = np.concatenate([[0], cuts, [num_clips]])
     return [(int(bounds[k]), int(bounds[k + 1]) - 1) for k in range(num_events)]
@@ -136,11 +161,11 @@ def _generate_video(
     cfg: SyntheticConfig, world: _Latent, rng: np.random.Generator, video_id: str
 ) -> dict:
     """One video: per-clip latents for both streams, its events and its queries."""
-    duration = _sample_duration(rng)
+    duration = _sample_duration(rng, cfg.duration_scale)
     num_clips = max(2, int(np.ceil(duration / CLIP_SECONDS)))
     d = cfg.latent_dim
     detail = _unit(rng.standard_normal(d))
-    events = _split_events(rng, num_clips)
+    events = _split_events(rng, num_clips, cfg.min_events, cfg.max_events)
     visual = np.empty((num_clips, d))
     subtitle = np.empty((num_clips, d))
     sub_mask = np.zeros(num_clips, dtype=np.float32)
@@ -161,7 +186,9 @@ def _generate_video(
     visual += cfg.clip_noise * _ar1_noise(rng, num_clips, d)
     subtitle += cfg.clip_noise * _ar1_noise(rng, num_clips, d)
 
-    chosen = rng.choice(len(events), size=cfg.queries_per_video, replace=len(events) < 5)
+    chosen = rng.choice(
+        len(events), size=cfg.queries_per_video, replace=len(events) < cfg.queries_per_video
+    )
     queries = []
     for k, event_index in enumerate(chosen):
         st, ed, topic, query_type = event_meta[int(event_index)]
@@ -188,6 +215,7 @@ def _generate_video(
         queries.append(
             {
                 "k": k,
+                "event": int(event_index),
                 "tokens": tokens,
                 "ts": [start, min(end, duration)],
                 "type": query_type,
@@ -200,6 +228,8 @@ def _generate_video(
         "visual": visual,
         "subtitle": subtitle,
         "sub_mask": sub_mask,
+        "num_clips": num_clips,
+        "events": event_meta,
         "queries": queries,
     }
 
@@ -225,6 +255,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
     sizes = {"train": cfg.num_train_videos, "val": cfg.num_val_videos, "test": cfg.num_test_videos}
     prvr_frames: dict[str, np.ndarray] = {}
     video2dur: dict[str, dict[str, list]] = {}
+    truth: dict[str, dict[str, dict]] = {}
     desc_id = 0
     global_idx = 0
     with (
@@ -238,6 +269,7 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
             captions: list[str] = []
             jsonl: list[str] = []
             video2dur[split] = {}
+            truth[split] = {"videos": {}, "queries": {}}
             for index in range(sizes[split]):
                 video_id = f"{split}_video_{index:05d}"
                 video = _generate_video(cfg, world, rng, video_id)
@@ -252,6 +284,14 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
                 vcmr_sub.create_dataset(video_id, data=sub * video["sub_mask"][:, None])
                 vcmr_sub.create_dataset(video_id + "-mask", data=video["sub_mask"])
                 video2dur[split][video_id] = [video["duration"], global_idx]
+                truth[split]["videos"][video_id] = {
+                    "duration": video["duration"],
+                    "num_clips": video["num_clips"],
+                    "events": [
+                        {"span": [st, ed], "topic": topic, "type": qtype}
+                        for st, ed, topic, qtype in video["events"]
+                    ],
+                }
                 global_idx += 1
                 for query in video["queries"]:
                     tokens = _project(query["tokens"], world.proj_query, 0.0, rng)
@@ -268,6 +308,12 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
                         "desc_id": desc_id,
                     }
                     jsonl.append(json.dumps(record))
+                    truth[split]["queries"][cap_id] = {
+                        "video": video_id,
+                        "event": query["event"],
+                        "topic": video["events"][query["event"]][2],
+                        "desc_id": desc_id,
+                    }
                     desc_id += 1
                 bar.update(1)
             (text_dir / f"{COLLECTION}{split}.caption.txt").write_text("\n".join(captions) + "\n")
@@ -277,10 +323,89 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, progress: bool = True) -
         bar.close()
     write_bigfile(collection / "FeatureData" / PRVR_FEATURE, prvr_frames)
     (paths.vcmr_root / "synthetic_video2dur_idx.json").write_text(json.dumps(video2dur))
+    (paths.root / TRUTH_FILE).write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "clip_seconds": CLIP_SECONDS,
+                "num_topics": cfg.num_topics,
+                "splits": truth,
+            }
+        )
+    )
     (paths.root / "corpus.json").write_text(
         json.dumps({"format_version": FORMAT_VERSION, **asdict(cfg)}, indent=2)
     )
     return paths
+
+
+def load_truth(root: str | Path) -> dict:
+    """The latent truth sidecar of a generated corpus (`<root>/latent_truth.json`).
+
+    Layout: `splits.<split>.videos.<video_id>` = {duration, num_clips, events: [{span
+    [st, ed] (inclusive clip indices), topic, type}]}, `splits.<split>.queries.<cap_id>` =
+    {video, event (index into its video's events), topic, desc_id}.
+    """
+    path = Path(root) / TRUTH_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: no latent truth (corpora generated before format v4 lack it; "
+            "delete the cache folder to regenerate)"
+        )
+    return json.loads(path.read_text())
+
+
+def measure_phenomena(truth: dict, split: str = "train") -> dict[str, float]:
+    """How strongly the two phenomena of PRVR Fig. 1 hold in one split of a corpus.
+
+    - `events_per_video`, `annotated_event_fraction` (events with >= 1 query / all events);
+    - inter-sample correlation: `query_topic_unannotated_elsewhere` = fraction of queries whose
+      topic is the topic of an unannotated event of another video of the split (a true
+      pseudo-positive exists), and `pseudo_positive_videos` = mean number of such videos;
+    - intra-sample redundancy: `moment_video_ratio` = mean annotated-event length / video
+      length (clips), and `other_topic_fraction` = mean fraction of the query's video whose
+      clips lie in events of another topic.
+    """
+    videos = truth["splits"][split]["videos"]
+    queries = truth["splits"][split]["queries"]
+    annotated: dict[str, set[int]] = {}
+    for q in queries.values():
+        annotated.setdefault(q["video"], set()).add(int(q["event"]))
+    # topic -> videos holding an unannotated event of that topic
+    unannotated_by_topic: dict[int, set[str]] = {}
+    num_events = 0
+    num_annotated = 0
+    for vid, video in videos.items():
+        marked = annotated.get(vid, set())
+        num_events += len(video["events"])
+        num_annotated += len(marked)
+        for e, event in enumerate(video["events"]):
+            if e not in marked:
+                unannotated_by_topic.setdefault(int(event["topic"]), set()).add(vid)
+    elsewhere, counts, ratios, other = [], [], [], []
+    for q in queries.values():
+        video = videos[q["video"]]
+        holders = unannotated_by_topic.get(int(q["topic"]), set()) - {q["video"]}
+        elsewhere.append(bool(holders))
+        counts.append(len(holders))
+        st, ed = video["events"][q["event"]]["span"]
+        ratios.append((ed - st + 1) / video["num_clips"])
+        same = sum(
+            ev["span"][1] - ev["span"][0] + 1
+            for ev in video["events"]
+            if int(ev["topic"]) == int(q["topic"])
+        )
+        other.append(1.0 - same / video["num_clips"])
+    return {
+        "videos": float(len(videos)),
+        "queries": float(len(queries)),
+        "events_per_video": num_events / max(len(videos), 1),
+        "annotated_event_fraction": num_annotated / max(num_events, 1),
+        "query_topic_unannotated_elsewhere": float(np.mean(elsewhere)),
+        "pseudo_positive_videos": float(np.mean(counts)),
+        "moment_video_ratio": float(np.mean(ratios)),
+        "other_topic_fraction": float(np.mean(other)),
+    }
 
 
 def ensure_corpus(

@@ -45,6 +45,7 @@ from partial_relevance.data.annotations import (
     read_video2dur_idx,
     videos_in_order,
 )
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import (
     CLIP_SECONDS,
@@ -52,13 +53,20 @@ from partial_relevance.data.preprocess import (
     l2_normalize_rows,
     vcmr_video_inputs,
 )
-from partial_relevance.data.prvr import pad_sequences
-from partial_relevance.data.stores import FeatureStore, open_store, require_keys
+from partial_relevance.data.stores import (
+    FeatureStore,
+    open_store,
+    require_keys,
+    require_nonempty,
+)
 from partial_relevance.data.synthetic import SPLITS, SyntheticConfig, ensure_corpus
+from partial_relevance.metrics.vcmr import QUERY_TYPES
 
 ANNOTATION_FORMATS = ("tvr", "didemo_raw", "didemo_jsonl")
 SPLIT_NAMES = ("train", "val", "test")
-QUERY_TYPE_CODES = {"v": 0, "t": 1, "vt": 2}  # TVR query types; −1 where a dataset has none
+# TVR query types -> the code batches carry (their index in metrics.vcmr.QUERY_TYPES, the
+# official order); −1 where a dataset has none.
+QUERY_TYPE_CODES = {name: code for code, name in enumerate(QUERY_TYPES)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -262,6 +270,7 @@ class VcmrCorpus:
             query_video[qi] = position[query.video_id]
 
         require_keys(self.query_store, (q.query_id for q in queries), path)
+        require_nonempty(self.query_store, (q.query_id for q in queries), path)
         require_keys(self.video_store, video_ids, path)
         if self.sub_store is not None:
             require_keys(self.sub_store, video_ids, path)

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.data.prvr import pad_sequences
 from partial_relevance.data.rankings import SplitRanking, ranking_splits, read_rankings
 from partial_relevance.data.vcmr import (
     QUERY_TYPE_CODES,
@@ -176,7 +176,7 @@ class VcmrLocalizerTrainDataset(Dataset):
         n_neg: int = 4,
         neg_pool: int = 100,
         adv_iou: float = 0.7,
-        adv_max_pos: int = 16,
+        adv_max_pos: int | None = 16,
     ) -> None:
         self.corpus = corpus
         self.split = split
@@ -206,8 +206,9 @@ class VcmrLocalizerTrainDataset(Dataset):
         inputs = [self.corpus.video_inputs(self.split.video_ids[v]) for v in videos]
         span = self.corpus.span_label(query, inputs[0])
         positives = adversarial_span_positives(span, inputs[0].num_clips, self.adv_iou)
-        if len(positives) > self.adv_max_pos:  # keep the GT span, a fresh subset of the rest
-            rest = 1 + torch.randperm(len(positives) - 1)[: self.adv_max_pos - 1].numpy()
+        cap = self.adv_max_pos
+        if cap is not None and len(positives) > cap:  # keep the GT span, a fresh subset
+            rest = 1 + torch.randperm(len(positives) - 1)[: cap - 1].numpy()
             positives = positives[np.concatenate([[0], np.sort(rest)])]
         return {
             "query_index": qi,
@@ -349,7 +350,8 @@ class VcmrLocalizerDataModule(VcmrRetrieverDataModule):
         neg_pool: negatives are drawn from the top `neg_pool` retrieved videos (100).
         k_videos: videos the localizer runs on per evaluation query (SPEC §6.2: 10).
         adv_iou: IoU above which a span of the GT video is an adversarial positive (0.7).
-        adv_max_pos: positives kept per query (GT span + a random subset; bounds memory).
+        adv_max_pos: positives kept per query (GT span + a random subset; bounds memory);
+            None keeps every one (SPEC §5). Default 16: [decision], docs/prvr_ablations.md.
         batch_size: training queries a batch (SPEC §5: 32).
     """
 
@@ -360,7 +362,7 @@ class VcmrLocalizerDataModule(VcmrRetrieverDataModule):
         neg_pool: int = 100,  # SPEC §5: the retriever's top-100
         k_videos: int = 10,  # SPEC §6.2
         adv_iou: float = 0.7,  # SPEC §5
-        adv_max_pos: int = 16,
+        adv_max_pos: int | None = 16,
         batch_size: int = 32,  # SPEC §5 / PREM §4.2
         eval_batch_size: int = 64,
         **kwargs: Any,

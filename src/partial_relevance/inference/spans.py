@@ -1,5 +1,6 @@
-"""Span scoring, decoding and NMS for VCMR / SVMR inference (SPEC §6), and the span sets the
-localizer's adversarial term trains on (SPEC §5).
+"""Span scoring, decoding and NMS for VCMR / SVMR inference (SPEC §6), and the top predicted
+spans the localizer's adversarial term uses as negatives (SPEC §5; its positives are computed
+by the datamodule, `data.vcmr_localizer.adversarial_span_positives`).
 
 Clip spans are inclusive `[i, j]` on the 1.5 s grid (SPEC §1.3): `i <= j` and the span length
 `j - i + 1` lies in `[min_len, max_len]` (TVR 1–24, DiDeMo 1–20 clips). A span of a video that was
@@ -22,13 +23,9 @@ import torch
 from torch import Tensor
 
 from partial_relevance.data.preprocess import CLIP_SECONDS
-from partial_relevance.data.vcmr_localizer import (  # re-exported: the datamodule computes
-    adversarial_span_positives,  # the adversarial positives, so they live in the data layer
-)
 from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
-    "adversarial_span_positives",
     "decode_top_spans",
     "decode_top_spans_batch",
     "enumerate_spans",

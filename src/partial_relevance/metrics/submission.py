@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from partial_relevance.data.annotations import read_moment_jsonl, read_video2dur_idx
 from partial_relevance.data.errors import DataError
 from partial_relevance.metrics.vcmr import (
     DEFAULT_IOUS,
@@ -190,50 +191,15 @@ def score_submission(
     )
 
 
-def _iter_jsonl(path: str | Path):
-    """Yield `(line_number, record)` of a jsonl file with plain `json`, blank lines skipped.
-
-    Raises DataError (a ValueError) naming the file and the 1-based line of a malformed line.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "annotation file not found")
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(path, f"line {line_no}: malformed JSON ({err.msg})") from err
-            if not isinstance(record, dict):
-                raise DataError(path, f"line {line_no}: expected a JSON object")
-            yield line_no, record
-
-
-def _windows(path: Path, line_no: int, ts: object) -> np.ndarray:
-    """`ts` as `[w, 2]` seconds: TVR's `[st, ed]` or DiDeMo's list of `[st, ed]` windows."""
-    try:
-        windows = np.asarray(ts, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise DataError(path, f"line {line_no}: field 'ts' is not numeric ({ts!r})") from err
-    if windows.ndim == 1:
-        windows = windows[None]
-    if windows.ndim != 2 or windows.shape[1] != 2 or len(windows) == 0:
-        raise DataError(
-            path, f"line {line_no}: field 'ts' must be [st, ed] or a list of them, got {ts!r}"
-        )
-    return windows
-
-
 def ground_truth_from_tvr_jsonl(
     path: str | Path, video2idx: Mapping[str, int]
 ) -> dict[int, GroundTruth]:
     """Read the labels of a TVR-style annotation jsonl (SPEC §1.2) as desc_id → GroundTruth.
 
     Each line needs `desc_id`, `vid_name` and `ts` (`[st, ed]`, or for DiDeMo a list of ≥ 4
-    `[st, ed]` windows); `type` ("v" | "t" | "vt") is optional. Video indices come from
-    `video2idx` (e.g. `read_video2idx(tvr_video2dur_idx.json, "val")`).
+    `[st, ed]` windows); `type` ("v" | "t" | "vt") is optional. Parsed by the data layer's
+    one jsonl reader (`read_moment_jsonl`). Video indices come from `video2idx` (e.g.
+    `read_video2idx(tvr_video2dur_idx.json, "val")`).
 
     Raises:
         DataError (a ValueError): a malformed line, a missing field or an unknown `vid_name`,
@@ -241,42 +207,31 @@ def ground_truth_from_tvr_jsonl(
     """
     path = Path(path)
     out: dict[int, GroundTruth] = {}
-    for line_no, record in _iter_jsonl(path):
-        for field in ("desc_id", "vid_name", "ts"):
-            if field not in record:
-                raise DataError(path, f"line {line_no}: missing field {field!r}")
-        vid_name = record["vid_name"]
-        if vid_name not in video2idx:
-            raise DataError(path, f"line {line_no}: vid_name {vid_name!r} not in video2idx")
-        desc_id = int(record["desc_id"])
+    for query in read_moment_jsonl(path, labels="required"):
+        if query.video_id not in video2idx:
+            raise DataError(
+                path, f"line {query.line}: vid_name {query.video_id!r} not in video2idx"
+            )
+        assert query.span is not None  # labelled
+        desc_id = int(query.query_id)
         out[desc_id] = GroundTruth(
             desc_id=desc_id,
-            video_idx=int(video2idx[vid_name]),
-            windows=_windows(path, line_no, record["ts"]),
-            query_type=record.get("type"),
+            video_idx=int(video2idx[query.video_id]),
+            windows=np.asarray(query.windows or (query.span,), dtype=np.float64),
+            query_type=query.query_type,
         )
     return out
 
 
 def queries_from_tvr_jsonl(path: str | Path) -> list[tuple[int, str]]:
     """`(desc_id, desc)` of every line of a TVR-style jsonl, in file order (for the writer)."""
-    path = Path(path)
-    out = []
-    for line_no, record in _iter_jsonl(path):
-        if "desc_id" not in record:
-            raise DataError(path, f"line {line_no}: missing field 'desc_id'")
-        out.append((int(record["desc_id"]), str(record.get("desc", ""))))
-    return out
+    return [(int(q.query_id), q.text) for q in read_moment_jsonl(path)]
 
 
 def read_video2idx(path: str | Path, split: str) -> dict[str, int]:
     """vid_name → global index of one split of `tvr_video2dur_idx.json`
     (`{split: {vid_name: [duration, global_idx]}}`, SPEC §1.2)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "video index file not found")
-    with open(path, encoding="utf-8") as f:
-        index = json.load(f)
+    index = read_video2dur_idx(path)
     if split not in index:
         raise DataError(path, f"split {split!r} not found", f"splits: {sorted(index)}")
-    return {name: int(entry[1]) for name, entry in index[split].items()}
+    return {name: idx for name, (_, idx) in index[split].items()}

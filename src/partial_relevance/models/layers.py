@@ -50,18 +50,6 @@ def recompute_elementwise(function: Callable[..., Tensor], *args: Tensor | None)
     )
 
 
-def compile_blocks(module: nn.Module, dynamic: bool = True) -> list[str]:
-    """`torch.compile` (Inductor) every FeatureProjection and TransformerEncoder of `module`
-    in place -> their names. Every encoder call goes through them (TCP's second pass too);
-    the losses and scoring stay eager. `dynamic`: one graph for every sequence length."""
-    names = []
-    for name, child in module.named_modules():
-        if isinstance(child, (FeatureProjection, TransformerEncoder)):
-            child.compile(dynamic=dynamic)
-            names.append(name)
-    return names
-
-
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
     """Switch `recompute_elementwise` for every FeatureProjection and TransformerLayer in
     `module`."""

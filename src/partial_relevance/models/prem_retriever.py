@@ -16,6 +16,8 @@ localizer (SPEC §5: "own encoders as in §4").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +28,7 @@ from partial_relevance.models.layers import (
     l2_normalize,
     masked_max,
 )
+from partial_relevance.models.prvr import IrmProjection, TcpClassifier
 
 POOLINGS = ("modality", "mean", "max")
 EMPTY_SUBTITLE_MODES = ("mask", "zeros")
@@ -245,8 +248,12 @@ class MultiModalVideoEncoder(nn.Module):
             dropout=dropout,
         )
 
-    def _stream(self, x: Tensor, projection: nn.Module, modality: int) -> Tensor:
+    def _stream(
+        self, x: Tensor, projection: nn.Module, modality: int, index: Tensor | None = None
+    ) -> Tensor:
         x = projection(x) + self.modality.weight[modality]  # [V, L, D]
+        if index is not None:  # TCP (PRVR §3.5): shuffle positions before the positions
+            x = x.gather(1, index[..., None].expand_as(x))
         return self.encoder.add_positions(x)
 
     def forward(
@@ -255,11 +262,17 @@ class MultiModalVideoEncoder(nn.Module):
         subtitle: Tensor | None,
         clip_mask: Tensor,
         sub_mask: Tensor,
+        permutation: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """visual `[V, L, Dv]`, subtitle `[V, L, Ds]`, clip_mask / sub_mask `[V, L]`.
 
         Returns dict(vis [V,L,D], sub [V,L,D], clip_mask [V,L], sub_mask [V,L]) where
         `sub_mask` is the effective subtitle mask (see the class docstring).
+
+        `permutation` (TCP, PRVR §3.5 on PREM's streams): `{"vis": index, "sub": index}`, each
+        `[V, L]` long (e.g. from `losses.prvr.tcp_shuffle`); position t of that stream then
+        holds the projected clip `index[t]`, permuted **before** the positional embeddings,
+        and the stream's mask is permuted with it (`sub_mask` is returned permuted).
         """
         clip_mask = clip_mask.bool()
         sub_mask = sub_mask.bool() & clip_mask
@@ -271,12 +284,18 @@ class MultiModalVideoEncoder(nn.Module):
         else:
             eff_sub_mask = sub_mask
 
+        vis_index = sub_index = None
+        if permutation is not None:
+            vis_index, sub_index = permutation.get("vis"), permutation.get("sub")
+            if sub_index is not None:
+                eff_sub_mask = eff_sub_mask.gather(1, sub_index)
         streams, masks = [], []
         if self.use_vis:
-            streams.append(self._stream(visual, self.vis_projection, 0))
-            masks.append(clip_mask)
+            streams.append(self._stream(visual, self.vis_projection, 0, vis_index))
+            vis_mask = clip_mask if vis_index is None else clip_mask.gather(1, vis_index)
+            masks.append(vis_mask)
         if self.use_sub:
-            streams.append(self._stream(subtitle, self.sub_projection, 1))
+            streams.append(self._stream(subtitle, self.sub_projection, 1, sub_index))
             masks.append(eff_sub_mask)
         hidden = self.encoder.encode(torch.cat(streams, 1), torch.cat(masks, 1))  # [V, kL, D]
         parts = list(hidden.split(L, dim=1))
@@ -310,10 +329,15 @@ class PremRetriever(nn.Module):
         use_sub: bool = True,
         pooling: str = "modality",  # Table 3: modality | mean | max
         empty_subtitle: str = "mask",  # SPEC §4 [decision]: mask | zeros
+        irm: bool = False,  # PRVR §3.4 on PREM: the FC of Eq. 9
+        irm_shared_fc: bool = True,  # one FC for r_v and r_q (Eq. 9)
+        tcp: bool = False,  # PRVR §3.5 on PREM: one Linear(D, g) per stream
+        tcp_groups: int = 8,  # g, PRVR §4.1.3
     ) -> None:
         super().__init__()
         self.use_vis = use_vis
         self.use_sub = use_sub
+        self.hidden_dim = hidden_dim
         self.query_encoder = QueryEncoder(
             query_dim, hidden_dim, num_heads, ffn_dim, dropout, max_words, pooling
         )
@@ -329,6 +353,19 @@ class PremRetriever(nn.Module):
             use_sub,
             empty_subtitle,
         )
+        # The PRVR modules' heads, created after the encoders (and only when switched on) so
+        # that the PREM weights initialise exactly as without them.
+        self.irm_projection = IrmProjection(hidden_dim, irm_shared_fc) if irm else None
+        self.tcp_heads = (
+            nn.ModuleDict({s: TcpClassifier(hidden_dim, tcp_groups) for s in self.streams})
+            if tcp
+            else None
+        )
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The enabled streams, `vis` and / or `sub` (the keys of encodings)."""
+        return tuple(s for s, on in (("vis", self.use_vis), ("sub", self.use_sub)) if on)
 
     def encode_queries(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor | None]:
         """tokens `[B, N, Dq]`, mask `[B, N]` -> dict(vis [B, D], sub [B, D],
@@ -337,11 +374,62 @@ class PremRetriever(nn.Module):
         return {"vis": out["vis"], "sub": out["sub"], "weights": out["weights"]}
 
     def encode_videos(
-        self, visual: Tensor, subtitle: Tensor, clip_mask: Tensor, sub_mask: Tensor
+        self,
+        visual: Tensor,
+        subtitle: Tensor,
+        clip_mask: Tensor,
+        sub_mask: Tensor,
+        permutation: Mapping[str, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """visual `[V,L,Dv]`, subtitle `[V,L,Ds]`, masks `[V,L]` -> dict(vis, sub [V,L,D],
-        clip_mask, sub_mask [V,L]). Query-independent: encode each video once."""
-        return self.video_encoder(visual, subtitle, clip_mask, sub_mask)
+        clip_mask, sub_mask [V,L]). Query-independent: encode each video once.
+        `permutation`: TCP's shuffled re-encoding, see `MultiModalVideoEncoder.forward`."""
+        return self.video_encoder(visual, subtitle, clip_mask, sub_mask, permutation)
+
+    # ------------------------------------------------ the PRVR plug-in interface (SPEC §3)
+    @staticmethod
+    def stream_mask(videos: Mapping[str, Tensor], stream: str) -> Tensor:
+        """`[V, L]` True at the clips of `stream` that Eq. 6's maximum runs over."""
+        return videos["clip_mask"].bool() if stream == "vis" else videos["sub_mask"].bool()
+
+    def video_feature(self, videos: Mapping[str, Tensor], stream: str) -> Tensor:
+        """What stands for PRVR's video-level feature `v` (IRM Eq. 9) on one stream -> `[V, D]`.
+
+        PREM has no video vector (Eq. 6 scores by a maximum over clips), so `v` is the mean of
+        the stream's encoded clips over its valid clips (**[decision]**: like PRVR's `v`, a
+        query-independent summary of the whole video; zeros where the stream has no clip)."""
+        mask = self.stream_mask(videos, stream).to(videos[stream].dtype)[..., None]  # [V, L, 1]
+        return (videos[stream] * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def target_clips(
+        self,
+        queries: Mapping[str, Tensor | None],
+        videos: Mapping[str, Tensor],
+        stream: str,
+        query_video: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """`m^t` on one stream: each query's cosine-best valid clip in its GT video (the clip
+        Eq. 6's maximum picks) -> (`[B, D]`, valid `[B]`: False where that video has no clip
+        of the stream, e.g. no subtitle)."""
+        q = queries[stream]
+        assert q is not None
+        clips = videos[stream][query_video]  # [B, L, D]
+        mask = self.stream_mask(videos, stream)[query_video]  # [B, L]
+        sim = torch.einsum("bd,bld->bl", l2_normalize(q), l2_normalize(clips))
+        index = masked_max(sim, mask, dim=1)[1]  # [B]
+        return clips[torch.arange(len(q), device=q.device), index], mask.any(1)
+
+    def redundant_features(self, v: Tensor, target: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
+        """IRM Eq. 9: `r_v = FC(v − m^t)`, `r_q = FC(v − q)`, each `[B, D]`."""
+        if self.irm_projection is None:
+            raise RuntimeError("PremRetriever(irm=True) is needed for IRM's redundant features")
+        return self.irm_projection(v, target, q)
+
+    def tcp_logits(self, videos: Mapping[str, Tensor], stream: str) -> Tensor:
+        """TCP §3.5: temporal-group logits of every clip of one stream -> `[V, L, g]`."""
+        if self.tcp_heads is None:
+            raise RuntimeError("PremRetriever(tcp=True) is needed for TCP's classifiers")
+        return self.tcp_heads[stream](videos[stream])
 
     def score(
         self,
@@ -394,3 +482,53 @@ def index_encoding(encoding: dict[str, Tensor | None], index: Tensor) -> dict[st
     `PremRetriever.score_pairs`.
     """
     return {k: (v[index] if isinstance(v, Tensor) else v) for k, v in encoding.items()}
+
+
+# ----------------------------------------------------------------------------
+# PREM Eq. 6 restricted to the strong / weak relevant content (SPEC §4); used by the
+# retriever's loss, moved here from lit/retriever.py (issue #20).
+
+RESTRICTED_SUBTITLE_MODES = ("video", "drop")
+
+
+def restricted_pair_score(
+    net: PremRetriever,
+    queries: dict[str, Tensor | None],
+    pairs: dict[str, Tensor],
+    restrict: Tensor,
+    subtitle: str,
+) -> Tensor:
+    """Eq. 6 of aligned pairs with the maxima restricted to `restrict` `[B, L]` (the strong /
+    weak positives of SPEC §4) -> `[B]`.
+
+    With `empty_subtitle: mask`, a restricted clip set can hold no subtitle clip although the
+    video has subtitles (a moment without speech). `eq6_pair_score` then drops the subtitle term
+    (visual term alone), while every negative keeps the average `½(vis + sub)`; training
+    exploits that mismatch (push every subtitle similarity down: negatives fall, such
+    positives do not) and retrieval does not learn. `subtitle="video"` (the config default,
+    `model.restricted_subtitle`, **[decision]**) keeps the positive comparable with the
+    negatives: the visual maximum stays restricted, the subtitle maximum of such a pair runs
+    over the whole GT video. Pairs whose video has no subtitle at all keep the visual term
+    alone, as in Eq. 6 for that video.
+    `subtitle="drop"` is `eq6_pair_score` unchanged.
+    """
+    if subtitle not in RESTRICTED_SUBTITLE_MODES:
+        raise ValueError(f"subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, got {subtitle!r}")
+    base = net.score_pairs(queries, pairs, restrict)  # [B]
+    if subtitle == "drop" or not (net.use_vis and net.use_sub):
+        return base
+    subs = pairs["sub_mask"].bool() & pairs["clip_mask"].bool()  # [B, L]
+    fallback = subs.any(1) & ~(subs & restrict.bool()).any(1)  # [B]
+    if not bool(fallback.any()):
+        return base
+    args = (
+        queries["vis"],
+        queries["sub"],
+        pairs["vis"],
+        pairs["sub"],
+        pairs["clip_mask"],
+        pairs["sub_mask"],
+    )
+    vis = eq6_pair_score(*args, restrict, use_vis=True, use_sub=False)  # [B]
+    sub = eq6_pair_score(*args, None, use_vis=False, use_sub=True)  # [B]
+    return torch.where(fallback, 0.5 * (vis + sub), base)

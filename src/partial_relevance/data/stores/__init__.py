@@ -54,4 +54,22 @@ def require_keys(store: FeatureStore, keys: Iterable[str], source: str | Path) -
         )
 
 
-__all__ = ["STORE_FORMATS", "DataError", "FeatureStore", "open_store", "require_keys"]
+def require_nonempty(store: FeatureStore, keys: Iterable[str], source: str | Path) -> None:
+    """Raise DataError naming the store, the key and `source` for a key with zero rows (an
+    empty query or video), where the store knows lengths without reading (BigFile, HDF5);
+    other stores catch it when the key is read."""
+    for key in keys:
+        if store.length(key) == 0:
+            raise DataError(
+                store.path, f"key {key!r} (from {Path(source).name}) holds zero rows (empty)"
+            )
+
+
+__all__ = [
+    "STORE_FORMATS",
+    "DataError",
+    "FeatureStore",
+    "open_store",
+    "require_keys",
+    "require_nonempty",
+]

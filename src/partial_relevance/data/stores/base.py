@@ -11,11 +11,36 @@ import numpy as np
 from partial_relevance.data.errors import DataError
 
 
+def check_features(path: Path, key: str, array: np.ndarray, dim: int | None) -> np.ndarray:
+    """`array` when it is `[n >= 1, dim]` and finite; else a DataError naming path, key, row.
+
+    One vectorised `isfinite` pass (the array is read anyway): about 1 ms for a TVR video.
+    """
+    if array.ndim != 2:
+        raise DataError(
+            path, f"key {key!r}: expected a [rows, dim] array, found shape {array.shape}"
+        )
+    if len(array) == 0:
+        raise DataError(path, f"key {key!r}: holds zero rows (an empty video or query)")
+    if dim is not None and array.shape[1] != dim:
+        raise DataError(
+            path, f"key {key!r}: feature dim {array.shape[1]}, the store's (first key's) is {dim}"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        bad = array[row][~finite[row]][0]
+        raise DataError(path, f"key {key!r}: row {row} holds a non-finite value ({bad})")
+    return array
+
+
 class FeatureStore(ABC):
     """A read-only mapping `key -> float32 array [n, dim]`.
 
     Implementations raise `DataError` naming the file and key on a missing key, and check the
-    feature dim against `expected_dim` when given.
+    feature dim against `expected_dim` when given. Every read (`get`) is checked: a 2-D array
+    with at least one row, the store's dim and only finite values, else a `DataError` naming
+    the file, the key and the first bad row, so that no NaN reaches a score.
     """
 
     path: Path
@@ -37,12 +62,12 @@ class FeatureStore(ABC):
         return key in set(self.keys())
 
     def get(self, key: str) -> np.ndarray:
-        """The float32 array for `key`; a clear DataError when the key is absent."""
+        """The float32 array `[n >= 1, dim]` for `key`, every value finite (else DataError)."""
         try:
             array = self._get(key)
         except KeyError:
             raise DataError(self.path, f"key {key!r} not found in feature store") from None
-        return np.asarray(array, dtype=np.float32)
+        return check_features(self.path, key, np.asarray(array, dtype=np.float32), self.dim)
 
     def length(self, key: str) -> int | None:
         """Rows stored under `key` (frames, clips or tokens) when known without reading it.

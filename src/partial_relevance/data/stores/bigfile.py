@@ -68,6 +68,8 @@ class BigFileStore(FeatureStore):
         self.video2frames = read_video2frames(v2f_path)
         self._rows: dict[str, np.ndarray] = {}
         for video, frames in self.video2frames.items():
+            if not frames:
+                raise DataError(v2f_path, f"video {video!r} lists no frames (a zero-frame video)")
             try:
                 self._rows[video] = np.fromiter((self.row_of[f] for f in frames), dtype=np.int64)
             except KeyError as error:

@@ -104,6 +104,24 @@ def find_id2nframe(path: Path) -> Path | None:
     return None
 
 
+def check_lmdb_size(path: Path, env: lmdb.Environment) -> None:
+    """DataError unless the data file holds every page its header counts.
+
+    A truncated `data.mdb` opens fine, but reading a page past its end kills the process
+    with SIGBUS; the header's last page number (`env.info()`) times the page size
+    (`env.stat()`) is the size the file must have at least.
+    """
+    data_file = path / "data.mdb" if path.is_dir() else path
+    needed = (int(env.info()["last_pgno"]) + 1) * int(env.stat()["psize"])
+    actual = data_file.stat().st_size
+    if actual < needed:
+        raise DataError(
+            data_file,
+            f"LMDB file is truncated: {actual} bytes, its header needs {needed} "
+            "(an interrupted copy or download?)",
+        )
+
+
 class LmdbStore(FeatureStore):
     """`vid_name -> [n_clips, D]` float32 from a HERO/CONQUER LMDB (any of its encodings).
 
@@ -159,6 +177,11 @@ class LmdbStore(FeatureStore):
                 )
             except lmdb.Error as error:
                 raise DataError(self.path, f"cannot be opened as LMDB: {error}") from None
+            try:
+                check_lmdb_size(self.path, env)
+            except DataError:
+                env.close()
+                raise
             _ENVIRONMENTS[cache_key] = env
         return env
 
