@@ -4,8 +4,9 @@ what the saved activations are (base vs full model).
 Configurations `<model>-<precision>[-<option>...]`, each in its own child process (so each peak
 RSS is its own): model `base` or `full` (ICE + IRM + TCP enabled), precision `fp32` or `bf16`
 (`torch.autocast("cpu", dtype=torch.bfloat16)`, what `precision=bf16` / Lightning
-`bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (the net's
-encoders through `torch.compile`, Inductor; compile time reported apart). Data loading is
+`bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (what
+`model.compile=true` compiles: `models.compile.compile_net`, Inductor; compile time reported
+apart). Data loading is
 included: batches come from the real `PrvrDataModule` train loader reading a Charades-like
 MS-SL collection written to a temp dir (or any MS-SL directory given with
 --root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
@@ -39,7 +40,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.models.layers import compile_blocks, set_recompute_elementwise
+from partial_relevance.models.compile import compile_net
+from partial_relevance.models.layers import set_recompute_elementwise
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
@@ -109,7 +111,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     lit = build(args, model, dm, checkpointing="ckpt" in options)
     lit.train()
     if "compile" in options:
-        compile_blocks(lit.net)  # every encoder call (TCP's too); the losses stay eager
+        compile_net(lit.net)  # what `model.compile=true` compiles (models.compile)
     optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
     stream = batches(dm.train_dataloader())
 

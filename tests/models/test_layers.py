@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from partial_relevance.models.layers import (
+    Dropout,
     FeatureProjection,
     TransformerLayer,
     set_recompute_elementwise,
@@ -88,3 +89,30 @@ def test_recompute_elementwise_changes_no_number(module: str) -> None:
     for a, b in zip(kept, recomputed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert recomputed_bytes < kept_bytes
+
+
+def test_dropout_keeps_one_minus_p_and_saves_a_bool_mask() -> None:
+    """The layers' Dropout: P(keep) = 1 - p, kept values scaled by 1/(1-p), the gradient is
+    the same mask and scale, only a bool mask is saved for backward, eval is the identity."""
+    torch.manual_seed(0)
+    dropout = Dropout(0.15).train()
+    x = torch.ones(400, 1000, requires_grad=True)
+    saved: list[torch.dtype] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = dropout(x)
+    keep = y != 0
+    assert abs(keep.float().mean().item() - 0.85) < 0.005  # 400k draws: σ ≈ 0.0006
+    torch.testing.assert_close(y[keep], torch.full_like(y[keep], 1 / 0.85))
+    (grad,) = torch.autograd.grad(y, x, torch.full_like(y, 2.0))
+    torch.testing.assert_close(grad, keep.float() * 2 / 0.85)
+    assert saved == [torch.bool]
+    torch.manual_seed(3)
+    first = dropout(x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), first)  # seeded like every torch RNG op
+    assert dropout.eval()(x) is x and Dropout(0.0).train()(x) is x

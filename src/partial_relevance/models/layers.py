@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,16 +51,44 @@ def recompute_elementwise(function: Callable[..., Tensor], *args: Tensor | None)
     )
 
 
-def compile_blocks(module: nn.Module, dynamic: bool = True) -> list[str]:
-    """`torch.compile` (Inductor) every FeatureProjection and TransformerEncoder of `module`
-    in place -> their names. Every encoder call goes through them (TCP's second pass too);
-    the losses and scoring stay eager. `dynamic`: one graph for every sequence length."""
-    names = []
-    for name, child in module.named_modules():
-        if isinstance(child, (FeatureProjection, TransformerEncoder)):
-            child.compile(dynamic=dynamic)
-            names.append(name)
-    return names
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Bernoulli(1 - p) keep mask (bool) from 31 random bits an element (two per int64 draw):
+    the same law as `bernoulli_` up to 2⁻³¹ in p, at half the draws and a 1-byte mask."""
+    numel = shape.numel()
+    draws = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device).random_()
+    bits = draws.view(torch.int32)[:numel] & 0x7FFFFFFF  # [numel], uniform on [0, 2³¹)
+    return (bits >= round(p * 2**31)).view(shape)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """y = x · keep / (1 - p), keeping only the bool mask for backward (CPU `F.dropout`
+    keeps a float copy of the scaled mask: 4 bytes an element in fp32)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.ops.aten.native_dropout_backward(x, keep, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same arguments, no parameters) whose training path draws its mask from
+    31-bit random integers and keeps it as bool for backward: on CPU less time than
+    `bernoulli_` and a quarter of the saved bytes of `F.dropout` in fp32. The masks differ from
+    `nn.Dropout`'s for the same seed (another RNG stream); eval and p = 0 are the identity."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        keep = _keep_mask(x.shape, self.p, x.device)
+        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
 
 
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
@@ -108,7 +137,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in_dim] -> [..., out_dim]
@@ -139,15 +168,15 @@ class TransformerLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
         self.attn_norm = nn.LayerNorm(dim)
         self.use_ffn = ffn
         if ffn:
             hidden = ffn_dim or 4 * dim
             self.ffn = nn.Sequential(
-                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+                nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim)
             )
-            self.ffn_dropout = nn.Dropout(dropout)
+            self.ffn_dropout = Dropout(dropout)
             self.ffn_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -205,7 +234,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if layer_factory is None:
 
             def layer_factory() -> nn.Module:
