@@ -29,6 +29,20 @@ def _videos(dim: int = 6, lengths: tuple[int, ...] = (5, 1, 9)) -> dict[str, np.
     }
 
 
+def assert_store_holds(store, expected: dict[str, np.ndarray], dim: int, ordered: bool) -> None:
+    """`store` has `expected`'s keys (in its order when `ordered`) at dim `dim`, and gives each
+    back as float32 equal to `expected`'s array."""
+    keys = list(store.keys())
+    assert (keys if ordered else sorted(keys)) == (list(expected) if ordered else sorted(expected))
+    assert store.dim == dim
+    for key, array in expected.items():
+        out = store.get(key)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, array)
+        assert key in store
+    assert "nope" not in store
+
+
 # ------------------------------------------------------------------ BigFile (MS-SL)
 
 
@@ -37,12 +51,7 @@ def test_bigfile_roundtrip(tmp_path: Path) -> None:
     write_bigfile(tmp_path / "i3d", videos)
     store = open_store("bigfile", tmp_path / "i3d", expected_dim=6)
     assert isinstance(store, BigFileStore)
-    assert list(store.keys()) == list(videos) and store.dim == 6
-    for key, array in videos.items():
-        out = store.get(key)
-        assert out.dtype == np.float32
-        np.testing.assert_array_equal(out, array)
-    assert "vid_0" in store and "nope" not in store
+    assert_store_holds(store, videos, 6, ordered=True)
 
 
 def test_bigfile_bad_input(tmp_path: Path) -> None:
@@ -134,12 +143,8 @@ def test_lmdb_encodings(tmp_path: Path, encoding: str, dtype: type) -> None:
     write_lmdb(tmp_path / "db", videos, encoding=encoding, dtype=dtype)
     store = open_store("lmdb", tmp_path / "db", expected_dim=10)
     assert isinstance(store, LmdbStore)
-    assert sorted(store.keys()) == sorted(videos) and store.dim == 10
-    for key, array in videos.items():
-        out = store.get(key)
-        assert out.dtype == np.float32
-        np.testing.assert_array_equal(out, array.astype(dtype).astype(np.float32))
-    assert "vid_2" in store and "nope" not in store
+    stored = {key: array.astype(dtype).astype(np.float32) for key, array in videos.items()}
+    assert_store_holds(store, stored, 10, ordered=False)
 
 
 def test_lmdb_mixed_encodings_detected_per_value(tmp_path: Path) -> None:
