@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -43,6 +44,27 @@ def assert_store_holds(store, expected: dict[str, np.ndarray], dim: int, ordered
     assert "nope" not in store
 
 
+def assert_store_errors(
+    store_class: type,
+    path: Path,
+    dim: int,
+    wrong_dim: int,
+    key_path: Path,
+    missing_key: str,
+    absent: Path,
+) -> None:
+    """The DataErrors every store gives, each naming its file: `path` (of dim `dim`) opened
+    expecting `wrong_dim`, `missing_key` read from `key_path`, and a path that is `absent`."""
+    expected = f"dim is {dim} but the config expects {wrong_dim}"
+    with pytest.raises(DataError, match=rf"{re.escape(path.name)}.*{expected}"):
+        store_class(path, expected_dim=wrong_dim)
+    missing = rf"{re.escape(key_path.name)}.*key '{missing_key}' not found"
+    with pytest.raises(DataError, match=missing):
+        store_class(key_path).get(missing_key)
+    with pytest.raises(DataError, match=rf"{re.escape(absent.name)}.*not found"):
+        store_class(absent)
+
+
 # ------------------------------------------------------------------ BigFile (MS-SL)
 
 
@@ -56,12 +78,8 @@ def test_bigfile_roundtrip(tmp_path: Path) -> None:
 
 def test_bigfile_bad_input(tmp_path: Path) -> None:
     write_bigfile(tmp_path / "feat", _videos())
-    with pytest.raises(DataError, match=r"feat.*dim is 6 but the config expects 8"):
-        BigFileStore(tmp_path / "feat", expected_dim=8)
-    with pytest.raises(DataError, match=r"feat.*key 'nope' not found"):
-        BigFileStore(tmp_path / "feat").get("nope")
-    with pytest.raises(DataError, match=r"missing_dir.*not found"):
-        BigFileStore(tmp_path / "missing_dir")
+    feat = tmp_path / "feat"
+    assert_store_errors(BigFileStore, feat, 6, 8, feat, "nope", tmp_path / "missing_dir")
     bin_path = tmp_path / "feat" / "feature.bin"
     bin_path.write_bytes(bin_path.read_bytes()[:-4])  # one float short
     with pytest.raises(DataError, match=r"feature\.bin.*truncated"):
@@ -114,12 +132,8 @@ def test_hdf5_xml_layout(tmp_path: Path) -> None:
 
 def test_hdf5_bad_input(tmp_path: Path) -> None:
     _write_xml_files(tmp_path)
-    with pytest.raises(DataError, match=r"video\.h5.*dim is 8 but the config expects 3072"):
-        Hdf5Store(tmp_path / "video.h5", expected_dim=3072)
-    with pytest.raises(DataError, match=r"query\.h5.*key '1' not found"):
-        Hdf5Store(tmp_path / "query.h5").get("1")
-    with pytest.raises(DataError, match=r"absent\.h5.*not found"):
-        Hdf5Store(tmp_path / "absent.h5")
+    video, query, absent = (tmp_path / f"{name}.h5" for name in ("video", "query", "absent"))
+    assert_store_errors(Hdf5Store, video, 8, 3072, query, "1", absent)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match=r"junk\.h5.*cannot be opened"):
         Hdf5Store(tmp_path / "junk.h5")
