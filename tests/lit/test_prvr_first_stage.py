@@ -21,9 +21,12 @@ from partial_relevance.models.prvr import MsslBaseModel, PrvrBaseModel
 from partial_relevance.prem_pipeline import first_stage_experiment, main, parse_choices
 from partial_relevance.train import train
 from prem_support import tiny_localizer_datamodule
-from support import TINY_SYNTHETIC, compose_train_config
-
-TINY_SIZES = [f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
+from support import (
+    TINY_RUN_OVERRIDES,
+    TINY_SYNTHETIC,
+    TINY_SYNTHETIC_OVERRIDES,
+    compose_train_config,
+)
 
 
 def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cache, tiny_corpus):
@@ -31,11 +34,8 @@ def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cac
     overrides = [
         "experiment=prvr_vcmr_synthetic_small",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
-        *TINY_SIZES,
+        *TINY_RUN_OVERRIDES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     cfg = compose_train_config(overrides, out, synthetic_cache)
     assert cfg.model._target_.endswith("PrvrFirstStageLitModule") and cfg.monitor == "val/SumR"
@@ -125,13 +125,10 @@ def test_train_prem_with_the_prvr_first_stage_end_to_end(tmp_path, synthetic_cac
     trains on its rankings, the tables print, the submission round-trips."""
     common = [
         "logger=csv",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
         f"paths.cache_dir={synthetic_cache}",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
+        *TINY_RUN_OVERRIDES,
         "run_test=false",
-        *TINY_SIZES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     argv = ["first_stage=prvr", "--out", str(tmp_path / "pipe"), "--threads", "1"]
     argv += [a for c in common for a in ("--common", c)]
