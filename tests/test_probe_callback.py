@@ -58,6 +58,7 @@ def test_probes_are_logged_and_leave_training_unchanged(tmp_path, synthetic_cach
         "probe/tcp_acc_frame",
         "probe/tcp_acc_clip_val",
         "probe/tcp_acc_frame_val",
+        "probe/tcp_acc_clip_moved_val",
     ):
         assert key in logged, key
     precision = [float(r["probe/ice_precision"]) for r in rows if r.get("probe/ice_precision")]
