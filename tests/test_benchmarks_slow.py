@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
-    "bench_attention.py": "--batch 4 --length 16 --reps 1",
+    "bench_layers.py": "--batch 4 --length 16 --reps 1",
     "bench_bigfile.py": "--videos 8 --frames 16 --dim 32 --max-seconds 2",
     "bench_prvr_train.py": "--videos 16 --batch-videos 8 --steps 1 --frames 32 "
     "--configs base-fp32,full-bf16-ckpt --recompute-elementwise",

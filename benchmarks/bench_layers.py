@@ -1,5 +1,9 @@
-"""One Transformer layer's self-attention: `nn.MultiheadAttention` (the old path) against
-`TransformerLayer.self_attention` (`F.scaled_dot_product_attention` on the same weights).
+"""Two layer-level levers, old path against new, interleaved in one process:
+
+- one Transformer layer's self-attention: `nn.MultiheadAttention` against
+  `TransformerLayer.self_attention` (`F.scaled_dot_product_attention` on the same weights);
+- dropout on the FFN's hidden activations: `nn.Dropout` (CPU `F.dropout`: `bernoulli_` mask,
+  float mask saved) against `models.layers.Dropout` (31-bit integer mask, bool mask saved).
 
 Interleaved in one process (old, new, old, new, …) and reported as the fastest of `--reps`
 calls of each, so that a shared host's load hits both alike: forward + backward in training
@@ -7,7 +11,7 @@ calls of each, so that a shared host's load hits both alike: forward + backward 
 bf16 autocast, at the frame branch's shape (batch × 128 frames × 384, 4 heads, a quarter of the
 rows padded). Prints; never asserts a timing.
 
-    .venv/bin/python benchmarks/bench_attention.py --batch 128 --threads 2
+    .venv/bin/python benchmarks/bench_layers.py --batch 128 --threads 2
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as bench
 import torch
 
-from partial_relevance.models.layers import TransformerLayer
+from partial_relevance.models.layers import Dropout, TransformerLayer
 
 
 def main() -> None:
@@ -68,22 +72,59 @@ def main() -> None:
             old, new = best.values()
             rows.append(
                 {
-                    "mode": f"{mode} {precision}",
-                    "nn.MultiheadAttention ms": round(old * 1e3, 2),
-                    "SDPA ms": round(new * 1e3, 2),
+                    "mode": f"attention {mode} {precision}",
+                    "old ms": round(old * 1e3, 2),
+                    "new ms": round(new * 1e3, 2),
                     "speed-up": round(old / new, 2),
                     "load avg": bench.load_average()[:1],
                 }
             )
             print(rows[-1], flush=True)
+    hidden = torch.randn(args.batch * args.length, 1536, requires_grad=True)  # FFN hidden
+    dropouts = {"nn.Dropout": torch.nn.Dropout(0.15), "layers.Dropout": Dropout(0.15)}
+    for precision in ("fp32", "bf16"):
+        h = hidden if precision == "fp32" else hidden.detach().bfloat16().requires_grad_()
+        best = dict.fromkeys(dropouts, float("inf"))
+        saved = {}
+        for _ in range(args.reps + 1):
+            for name, module in dropouts.items():
+                nbytes: list[int] = []
+
+                def pack(t: torch.Tensor, nbytes: list[int] = nbytes) -> torch.Tensor:
+                    nbytes.append(t.untyped_storage().nbytes())
+                    return t
+
+                start = time.perf_counter()
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                    out = module(h)
+                out.backward(torch.ones_like(out))
+                best[name] = min(best[name], time.perf_counter() - start)
+                saved[name] = sum(nbytes)
+        old, new = best.values()
+        rows.append(
+            {
+                "mode": f"dropout train {precision}",
+                "old ms": round(old * 1e3, 2),
+                "new ms": round(new * 1e3, 2),
+                "speed-up": round(old / new, 2),
+                "old saved MiB": round(saved["nn.Dropout"] / 2**20, 1),
+                "new saved MiB": round(saved["layers.Dropout"] / 2**20, 1),
+                "load avg": bench.load_average()[:1],
+            }
+        )
+        print(rows[-1], flush=True)
     notes = [
         f"fastest of {args.reps} interleaved calls each; train = forward + backward with "
         "attention dropout 0.15 (SDPA runs its math path), eval = forward (SDPA's flash kernel)",
         f"x: [{args.batch}, {args.length}, 384], 4 heads, a quarter of the sequences 25 % padded",
+        "attention rows: old = nn.MultiheadAttention, new = F.scaled_dot_product_attention; "
+        f"dropout rows: [{args.batch * args.length}, 1536] (the FFN's hidden activations), "
+        "forward + backward, old = nn.Dropout, new = models.layers.Dropout (saved = bytes "
+        "kept for backward)",
     ]
     params = {k: v for k, v in vars(args).items()}
     bench.record_result(
-        "bench_attention", rows, bench.machine_facts(), params, notes, not args.no_save
+        "bench_layers", rows, bench.machine_facts(), params, notes, not args.no_save
     )
 
 
