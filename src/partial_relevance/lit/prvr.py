@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from partial_relevance.lit.base import OptimizerFactory, PartialRelevanceModule, as_config
+from partial_relevance.lit.base import OptimizerFactory, VideoQueryEvalModule, as_config
 from partial_relevance.losses.prvr import (
     IceConfig,
     IrmConfig,
@@ -31,7 +31,6 @@ from partial_relevance.losses.prvr import (
     total_loss,
 )
 from partial_relevance.metrics.retrieval import chunked_ranks, gt_columns, recall_at_k
-from partial_relevance.metrics.store import EvalRows
 from partial_relevance.models.layers import TransformerEncoder
 from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
@@ -51,7 +50,7 @@ class PrvrEvalConfig:
     index_dtype: str
 
 
-class PrvrLitModule(PartialRelevanceModule):
+class PrvrLitModule(VideoQueryEvalModule):
     """Trains a PRVR base model with optional ICE, IRM and TCP (PRVR Eq. 13).
 
     `collect_probe_inputs` (default False): `training_step` then returns
@@ -100,9 +99,6 @@ class PrvrLitModule(PartialRelevanceModule):
             self.tcp_frame = TcpClassifier(dim, self.tcp_cfg.groups)
             self.tcp_clip = TcpClassifier(dim, self.tcp_cfg.groups)
         self.collect_probe_inputs = False
-        # Evaluation: encoded videos (index tensors by video id) and queries (by query id).
-        self.eval_videos = EvalRows()
-        self.eval_queries = EvalRows()
         # The reduced-precision copy of `net` used for one evaluation pass (a plain dict, so
         # it is neither a submodule nor in checkpoints).
         self._eval_nets: dict[str, nn.Module] = {}
@@ -217,14 +213,6 @@ class PrvrLitModule(PartialRelevanceModule):
             values = {"query": q.float(), "query_video": batch["video_index"]}
             self.eval_queries.update(batch["query_index"], values)
 
-    def validation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_step(batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
-
     def score_eval_store(self) -> dict[str, float]:
         """R@k / SumR of the corpus encoded so far; empties the store. What every evaluation
         epoch ends with."""
@@ -232,8 +220,7 @@ class PrvrLitModule(PartialRelevanceModule):
         return {} if ranks is None else recall_at_k(ranks)
 
     def reset_eval_store(self) -> None:
-        self.eval_videos.reset()
-        self.eval_queries.reset()
+        super().reset_eval_store()
         self._eval_nets = {}
 
     def eval_ranks(self) -> Tensor | None:

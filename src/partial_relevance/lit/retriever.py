@@ -40,11 +40,10 @@ from partial_relevance.inference.ranking import (
     stack_query_encodings,
     stack_video_encodings,
 )
-from partial_relevance.lit.base import OptimizerFactory, PartialRelevanceModule, as_config
+from partial_relevance.lit.base import OptimizerFactory, VideoQueryEvalModule, as_config
 from partial_relevance.lit.prem_modules import PremModules
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
 from partial_relevance.metrics.retrieval import gt_columns
-from partial_relevance.metrics.store import EvalRows
 from partial_relevance.metrics.vcmr import vr_metrics
 from partial_relevance.models.prem_retriever import (
     RESTRICTED_SUBTITLE_MODES,
@@ -116,7 +115,7 @@ def gather_video_encodings(
     return {k: v[valid] for k, v in out.items()}, ids[valid], offset
 
 
-class PremRetrieverLitModule(PartialRelevanceModule):
+class PremRetrieverLitModule(VideoQueryEvalModule):
     """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5).
 
     PRVR's modules (`ice`, `irm`, `tcp`, each with an `enabled` switch; `module_loss` their
@@ -175,9 +174,6 @@ class PremRetrieverLitModule(PartialRelevanceModule):
         if isinstance(ranking, Mapping):
             ranking = {**ranking, "splits": list(ranking.get("splits", []))}
         self.ranking_cfg = as_config(RankingConfig, ranking, "ranking")
-        # Evaluation: encoded videos (by video id) and queries (by query id), every rank's.
-        self.eval_videos = EvalRows()
-        self.eval_queries = EvalRows()
         # PRVR's ICE / IRM / TCP as switches (lit.prem_modules; all off: the paper's loss).
         self.prvr_modules = PremModules(ice, irm, tcp, module_loss)
         self.prvr_modules.check_net(self.net)
@@ -263,18 +259,6 @@ class PremRetrieverLitModule(PartialRelevanceModule):
                 "query_type": batch["query_type"],
             }
             self.eval_queries.update(batch["query_index"], values)
-
-    def validation_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._eval_step(batch, dataloader_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
-
-    def reset_eval_store(self) -> None:
-        self.eval_videos.reset()
-        self.eval_queries.reset()
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         """VR over the full split: exact chunked Eq. 6 scores -> GT ranks -> R@k, SumR."""
