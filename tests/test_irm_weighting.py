@@ -43,7 +43,7 @@ NEG_NCE = ((lse(1.0, 0.0, 0.6, 0.0) - 1.0) + (lse(2.0, 0.5, 0.0, 0.6) - 2.0)) / 
 
 @pytest.mark.parametrize("weight", [0.0, 0.04, 0.5, 1.0, 3.0])
 def test_neg_nce_weight_scales_only_the_infonce(weight: float) -> None:
-    loss = irm_neg_loss(R_V, R_Q, Q, MCOS, MNCE, Y, margin=0.2, nce_sim="dot", nce_weight=weight)
+    loss = irm_neg_loss(R_V, R_Q, Q, MCOS, MNCE, Y, 0.2, "dot", 1.0, nce_weight=weight)
     assert loss.item() == pytest.approx(NEG_TRIP + weight * NEG_NCE, abs=1e-6)
 
 
@@ -56,7 +56,7 @@ def test_red_nce_weight_scales_only_the_infonce(weight: float) -> None:
     trip = 0.05
     t2v = (lse(0.8, 0.0) - 0.8 + lse(0.6, 1.0) - 1.0) / 2
     v2t = (lse(0.8, 0.6) - 0.8 + lse(0.0, 1.0) - 1.0) / 2
-    loss = irm_red_loss(r_v, r_q, margin=0.3, nce_sim="dot", tau=1.0, nce_weight=weight)
+    loss = irm_red_loss(r_v, r_q, 0.3, "dot", 1.0, "video", nce_weight=weight)
     assert loss.item() == pytest.approx(trip + weight * (t2v + v2t), abs=1e-6)
 
 

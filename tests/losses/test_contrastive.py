@@ -35,7 +35,7 @@ RANDOM_VALUES = (0.20, 0.5 / 3)
 
 
 def test_triplet_hard_hand_value() -> None:
-    loss = triplet_ranking_loss(SCORES, Y, margin=0.2, hard_negatives=True)
+    loss = triplet_ranking_loss(SCORES, Y, margin=0.2, hard_negatives=True, hard_topk=20)
     assert loss.item() == pytest.approx(HARD_VALUE, abs=1e-6)
 
 
@@ -69,7 +69,7 @@ def test_triplet_hard_topk_samples_only_hardest_videos() -> None:
     seen = set()
     for seed in range(30):
         g = torch.Generator().manual_seed(seed)
-        value = triplet_ranking_loss(scores, y, hard_negatives=True, hard_topk=2, generator=g)
+        value = triplet_ranking_loss(scores, y, 0.2, hard_negatives=True, hard_topk=2, generator=g)
         value = round(value.item(), 6)
         assert value in (0.15, 0.10)
         seen.add(value)
@@ -80,6 +80,7 @@ def test_triplet_hard_topk_samples_only_hardest_videos() -> None:
             triplet_ranking_loss(
                 scores,
                 y,
+                0.2,
                 hard_negatives=True,
                 hard_topk=20,
                 generator=torch.Generator().manual_seed(s),
@@ -95,20 +96,20 @@ def test_triplet_hard_topk_samples_only_hardest_videos() -> None:
 def test_triplet_no_valid_negative_is_zero(hard: bool) -> None:
     # b == 1: no V⁻ and (all queries on one video) no T⁻.
     scores = torch.tensor([[0.1], [0.3]], requires_grad=True)
-    loss = triplet_ranking_loss(scores, torch.tensor([0, 0]), margin=5.0, hard_negatives=hard)
+    loss = triplet_ranking_loss(scores, torch.tensor([0, 0]), 5.0, hard, hard_topk=20)
     assert loss.item() == 0.0
     loss.backward()
     assert torch.isfinite(scores.grad).all()
     # All queries on one video but b = 2: only the V⁻ term: mean(5 + .2 - .1, 5 + .2 - .3).
     scores2 = torch.tensor([[0.1, 0.2], [0.3, 0.2]])
-    loss2 = triplet_ranking_loss(scores2, torch.tensor([0, 0]), margin=5.0, hard_negatives=hard)
+    loss2 = triplet_ranking_loss(scores2, torch.tensor([0, 0]), 5.0, hard, hard_topk=20)
     assert loss2.item() == pytest.approx((5.1 + 4.9) / 2, abs=1e-5)
 
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_triplet_gradients_reach_positive_and_negatives(hard: bool) -> None:
     scores = SCORES.clone().requires_grad_(True)
-    loss = triplet_ranking_loss(scores, Y, margin=2.0, hard_negatives=hard)
+    loss = triplet_ranking_loss(scores, Y, margin=2.0, hard_negatives=hard, hard_topk=20)
     loss.backward()
     # With margin 2 every term is active: every positive gets −(2 terms)/3.
     assert scores.grad[0, 0].item() < 0 and scores.grad[2, 1].item() < 0

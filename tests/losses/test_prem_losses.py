@@ -53,7 +53,9 @@ def test_relevant_content_nce_by_hand():
     strong, weak, weak_valid, negatives, positive_video = three_query_case()
     negative_mask = in_batch_negative_mask(positive_video, torch.tensor([0, 1]))
     assert torch.equal(negative_mask, as_bool([[0, 1], [0, 1], [1, 0]]))
-    out = relevant_content_nce(strong, weak, weak_valid, negatives, negative_mask, tau=1.0)
+    out = relevant_content_nce(
+        strong, weak, weak_valid, negatives, negative_mask, tau=1.0, weak_weight=0.5
+    )
     # −log(e^p / (e^p + e^n)) = softplus(n − p), one usable negative per query.
     l_s = (softplus(0.1 - 0.5) + softplus(-0.2 - 0.2) + softplus(0.0 - 0.9)) / 3
     l_w = (softplus(0.1 - 0.1) + softplus(0.0 - 0.3)) / 2  # query 1 has no weak positive
@@ -65,29 +67,29 @@ def test_relevant_content_nce_by_hand():
 def test_same_video_negatives_are_masked():
     strong, weak, weak_valid, negatives, positive_video = three_query_case()
     negative_mask = in_batch_negative_mask(positive_video, torch.tensor([0, 1]))
-    out = relevant_content_nce(strong, weak, weak_valid, negatives, negative_mask)
+    out = relevant_content_nce(strong, weak, weak_valid, negatives, negative_mask, 0.01, 0.5)
     changed = negatives.clone()
     changed[~negative_mask] = 5.0  # the queries' own video: must not matter
-    out2 = relevant_content_nce(strong, weak, weak_valid, changed, negative_mask)
+    out2 = relevant_content_nce(strong, weak, weak_valid, changed, negative_mask, 0.01, 0.5)
     for key in ("L_S", "L_W", "L_q2v"):
         torch.testing.assert_close(out[key], out2[key])
 
 
-def test_relevant_content_nce_default_tau_and_no_weak():
+def test_relevant_content_nce_paper_tau_and_no_weak():
     strong = torch.tensor([0.50, 0.20, 0.90])
     weak = torch.zeros(3)
     negatives = torch.tensor([[0.3, 0.52], [0.4, 0.19], [0.87, 0.6]])
     negative_mask = in_batch_negative_mask(torch.tensor([0, 0, 1]), torch.tensor([0, 1]))
     none_valid = torch.zeros(3, dtype=torch.bool)
-    out = relevant_content_nce(strong, weak, none_valid, negatives, negative_mask)
+    out = relevant_content_nce(strong, weak, none_valid, negatives, negative_mask, 0.01, 0.5)
     assert out["L_W"].item() == 0.0
-    # τ = 0.01 (the default): softplus((n − p) / τ).
+    # τ = 0.01 (the paper's, SPEC §4): softplus((n − p) / τ).
     l_s = (softplus(2.0) + softplus(-1.0) + softplus(-3.0)) / 3
     assert out["L_S"].item() == pytest.approx(l_s, rel=1e-4)
     torch.testing.assert_close(out["L_q2v"], out["L_S"])
     # Far-apart scores at τ = 0.01 stay finite.
     far = relevant_content_nce(
-        torch.tensor([1.0, -1.0, 0.0]), weak, none_valid, -negatives, negative_mask
+        torch.tensor([1.0, -1.0, 0.0]), weak, none_valid, -negatives, negative_mask, 0.01, 0.5
     )
     assert torch.isfinite(far["L_q2v"])
 
@@ -111,16 +113,32 @@ def test_video_to_query_by_hand():
 
 def test_retriever_loss_sums_terms():
     strong, weak, weak_valid, negatives, positive_video = three_query_case()
-    out = retriever_loss(strong, weak, weak_valid, negatives, positive_video, tau=0.1)
+    out = retriever_loss(
+        strong,
+        weak,
+        weak_valid,
+        negatives,
+        positive_video,
+        tau=0.1,
+        weak_weight=0.5,
+        video_to_query=True,
+    )
     mask = in_batch_negative_mask(positive_video, torch.tensor([0, 1]))
-    q2v = relevant_content_nce(strong, weak, weak_valid, negatives, mask, tau=0.1)
+    q2v = relevant_content_nce(strong, weak, weak_valid, negatives, mask, tau=0.1, weak_weight=0.5)
     v2q = video_to_query_nce(strong, negatives, positive_video, tau=0.1)
     torch.testing.assert_close(out["L_q2v"], q2v["L_q2v"])
     torch.testing.assert_close(out["L_v2q"], v2q)
     torch.testing.assert_close(out["loss"], q2v["L_q2v"] + v2q)
     assert set(out) == {"L_S", "L_W", "L_q2v", "L_v2q", "loss"}
     no_v2q = retriever_loss(
-        strong, weak, weak_valid, negatives, positive_video, tau=0.1, video_to_query=False
+        strong,
+        weak,
+        weak_valid,
+        negatives,
+        positive_video,
+        tau=0.1,
+        weak_weight=0.5,
+        video_to_query=False,
     )
     torch.testing.assert_close(no_v2q["loss"], q2v["L_q2v"])
 
@@ -168,4 +186,4 @@ def test_adversarial_bce_average_over_spans():
 def test_localizer_loss_eq12():
     out = localizer_loss(torch.tensor(2.0), torch.tensor(0.5), adv_weight=0.8)
     assert out["loss"].item() == pytest.approx(2.4)
-    assert localizer_loss(torch.tensor(2.0))["loss"].item() == pytest.approx(2.0)
+    assert localizer_loss(torch.tensor(2.0), None, 0.8)["loss"].item() == pytest.approx(2.0)

@@ -91,7 +91,7 @@ def test_ice_loss_zero_below_two_pairs() -> None:
     for n_c in (0, 1):
         mo = torch.randn(n_c, 4, requires_grad=True)
         qu = torch.randn(n_c, 4, requires_grad=True)
-        loss = ice_loss(mo, qu, nce_weight=0.04)
+        loss = ice_loss(mo, qu, 0.2, "dot", 1.0, "video", nce_weight=0.04)
         assert loss.item() == 0.0 and loss.dim() == 0
 
 
@@ -131,7 +131,16 @@ IRM_MNCE = torch.tensor([[1.0, 0.0], [0.5, 2.0]])
 
 def _irm_neg(r_v: torch.Tensor, r_q: torch.Tensor) -> torch.Tensor:
     return irm_neg_loss(
-        r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, margin=0.2, nce_sim="dot", nce_weight=0.04
+        r_v,
+        r_q,
+        IRM_Q,
+        IRM_MCOS,
+        IRM_MNCE,
+        IRM_Y,
+        margin=0.2,
+        nce_sim="dot",
+        tau=1.0,
+        nce_weight=0.04,
     )
 
 
@@ -167,9 +176,11 @@ def test_irm_neg_lower_when_redundancy_is_pushed_away() -> None:
 def test_irm_neg_tau_divides_every_logit() -> None:
     r_v = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
     r_q = torch.tensor([[0.0, 1.0], [0.8, 0.6]])
-    a = irm_neg_loss(r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, tau=0.5, nce_weight=1.0)
+    a = irm_neg_loss(
+        r_v, r_q, IRM_Q, IRM_MCOS, IRM_MNCE, IRM_Y, 0.2, "dot", tau=0.5, nce_weight=1.0
+    )
     b = irm_neg_loss(
-        r_v * 2, r_q * 2, IRM_Q, IRM_MCOS, IRM_MNCE * 2, IRM_Y, tau=1.0, nce_weight=1.0
+        r_v * 2, r_q * 2, IRM_Q, IRM_MCOS, IRM_MNCE * 2, IRM_Y, 0.2, "dot", tau=1.0, nce_weight=1.0
     )
     assert a.item() == pytest.approx(b.item(), abs=1e-6)  # cosines are scale-free
 
@@ -185,7 +196,9 @@ def test_irm_red_hand_value() -> None:
     #   t2v = (lse(.8, 0) - .8 + lse(.6, 1) - 1) / 2 ; v2t = (lse(.8, .6) - .8 + lse(0, 1) - 1) / 2
     t2v = (lse(0.8, 0.0) - 0.8 + lse(0.6, 1.0) - 1.0) / 2
     v2t = (lse(0.8, 0.6) - 0.8 + lse(0.0, 1.0) - 1.0) / 2
-    loss = irm_red_loss(r_v, r_q, margin=0.3, nce_sim="dot", tau=1.0, nce_weight=0.04)
+    loss = irm_red_loss(
+        r_v, r_q, margin=0.3, nce_sim="dot", tau=1.0, nce_average="video", nce_weight=0.04
+    )
     assert loss.item() == pytest.approx(0.05 + 0.04 * (t2v + v2t), abs=1e-6)  # λ₂ = 0.04
 
 
@@ -225,7 +238,7 @@ def test_tcp_shuffle_moves_exactly_k_positions() -> None:
             assert sorted(map(tuple, shuffled[r].tolist())) == sorted(map(tuple, x[r].tolist()))
             assert (shuffled[r][moved] != x[r][moved]).any(dim=-1).all()
     # y_s = y_o.gather(1, index) stays aligned with the shuffled content.
-    y_o = tcp_group_labels(lengths, T)
+    y_o = tcp_group_labels(lengths, T, groups=8)
     y_s = y_o.gather(1, index)
     assert (y_s[index == torch.arange(T)] == y_o[index == torch.arange(T)]).all()
 
@@ -274,20 +287,20 @@ def test_all_prvr_losses_backpropagate() -> None:
 
     mo, qu = leaf(n, D), leaf(n, D)
     ice_loss(
-        mo, qu, margin=2.0, generator=torch.Generator().manual_seed(1), nce_weight=0.04
+        mo, qu, 2.0, "dot", 1.0, "video", torch.Generator().manual_seed(1), nce_weight=0.04
     ).backward()
     assert mo.grad.abs().sum() > 0 and qu.grad.abs().sum() > 0
 
     r_v, r_q, q = leaf(n, D), leaf(n, D), leaf(n, D)
     mcos, mnce = leaf(n, 3), leaf(n, 3)
     y = torch.tensor([0, 0, 1, 2, 2])
-    irm_neg_loss(r_v, r_q, q, mcos, mnce, y, margin=5.0, nce_weight=0.04).backward()
+    irm_neg_loss(r_v, r_q, q, mcos, mnce, y, 5.0, "dot", 1.0, nce_weight=0.04).backward()
     for t in (r_v, r_q, q, mcos, mnce):
         assert t.grad is not None and t.grad.abs().sum() > 0
 
     r_v, r_q = leaf(n, D), leaf(n, D)
     irm_red_loss(
-        r_v, r_q, margin=2.0, generator=torch.Generator().manual_seed(2), nce_weight=0.04
+        r_v, r_q, 2.0, "dot", 1.0, "video", torch.Generator().manual_seed(2), nce_weight=0.04
     ).backward()
     assert r_v.grad.abs().sum() > 0 and r_q.grad.abs().sum() > 0
 

@@ -60,9 +60,9 @@ def rowwise_similarity(a: Tensor, b: Tensor, sim: str) -> Tensor:
 def triplet_ranking_loss(
     scores: Tensor,
     positive_video: Tensor,
-    margin: float = 0.2,
+    margin: float,
     hard_negatives: bool = False,
-    hard_topk: int = 20,
+    hard_topk: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Bidirectional triplet ranking loss, PRVR §3.2.3 Eq. 5.
@@ -90,6 +90,8 @@ def triplet_ranking_loss(
     other_query = positive_video[None, :] != positive_video[:, None]  # [n, n]: y(j') != y(j)
 
     if hard_negatives:
+        if hard_topk is None:
+            raise ValueError("triplet_ranking_loss: hard_negatives=True needs hard_topk")
         # T⁻: the single hardest query of another video for column y(j).
         hardest = query_scores.detach().masked_fill(~other_query, float("-inf"))  # [n, n]
         neg_query, valid_query = hardest.argmax(dim=1), other_query.any(dim=1)
@@ -115,9 +117,7 @@ def triplet_ranking_loss(
     return (term_t + term_v).mean()
 
 
-def multi_positive_infonce(
-    scores: Tensor, positive_video: Tensor, average: str = "video"
-) -> Tensor:
+def multi_positive_infonce(scores: Tensor, positive_video: Tensor, average: str) -> Tensor:
     """Bidirectional InfoNCE with several positive queries per video, PRVR §3.2.3 Eq. 6.
 
     `scores` [n, b] are already divided by τ; `positive_video` [n] long is y(j).

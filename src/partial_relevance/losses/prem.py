@@ -62,8 +62,8 @@ def relevant_content_nce(
     weak_valid: Tensor,
     negatives: Tensor,
     negative_mask: Tensor,
-    tau: float = 0.01,
-    weak_weight: float = 0.5,
+    tau: float,
+    weak_weight: float,
 ) -> dict[str, Tensor]:
     """PREM §3.3 Eq. 7–8: relevant-content query-to-video contrastive loss.
 
@@ -94,7 +94,7 @@ def video_to_query_nce(
     strong: Tensor,
     scores_query_video: Tensor,
     positive_video: Tensor,
-    tau: float = 0.01,
+    tau: float,
 ) -> Tensor:
     """Video-to-query contrastive loss `L_v2q` (PREM §3.3, SPEC §4), strong positive only.
 
@@ -124,9 +124,10 @@ def retriever_loss(
     scores_query_video: Tensor,
     positive_video: Tensor,
     negative_mask: Tensor | None = None,
-    tau: float = 0.01,
-    weak_weight: float = 0.5,
-    video_to_query: bool = True,
+    *,
+    tau: float,
+    weak_weight: float,
+    video_to_query: bool,
 ) -> dict[str, Tensor]:
     """PREM retriever loss `L_q2v + L_v2q` (SPEC §4).
 
@@ -137,7 +138,7 @@ def retriever_loss(
         negative_mask: `[B, V]` usable negatives; default: every column but the query's own
             (`positive_video`), correct when the V columns are distinct videos.
         tau, weak_weight: τ and β.
-        video_to_query: include `L_v2q` (on by default).
+        video_to_query: include `L_v2q` (`model.video_to_query`).
 
     Returns:
         dict(L_S, L_W, L_q2v, L_v2q, loss) of scalars; `loss` is the one to optimise.
@@ -211,7 +212,7 @@ def adversarial_bce(logits: Tensor, labels: Tensor, mask: Tensor | None = None) 
 
 
 def localizer_loss(
-    loc_loss: Tensor, adv_loss: Tensor | None = None, adv_weight: float = 0.8
+    loc_loss: Tensor, adv_loss: Tensor | None, adv_weight: float
 ) -> dict[str, Tensor]:
     """PREM Eq. 12: `L = L_loc + λ L_adv` (λ = 0.8, SPEC §5). Returns dict(L_loc, L_adv, loss);
     `adv_loss=None` (adversarial training off) counts as 0."""

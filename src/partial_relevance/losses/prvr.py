@@ -165,13 +165,40 @@ def ice_select_pairs(
     return best_moment[keep], queries[keep]
 
 
+def diagonal_alignment_loss(
+    rows: Tensor,
+    columns: Tensor,
+    margin: float,
+    nce_sim: str,
+    tau: float,
+    nce_average: str,
+    generator: torch.Generator | None = None,
+    *,
+    nce_weight: float,
+) -> Tensor:
+    """Eq. 5 + `nce_weight` · Eq. 6 on n aligned pairs as a mini-batch (L_ice, L_red).
+
+    `rows`, `columns` [n, D]: pair i is (rows[i], columns[i]), the positive on the diagonal
+    and the other pairs as negatives; rows play the query side. Triplet on cosine with random
+    negatives, InfoNCE with `nce_sim` / τ (SPEC §3).
+    """
+    diagonal = torch.arange(rows.shape[0], device=rows.device)  # [n]
+    trip = triplet_ranking_loss(
+        pair_similarity(rows, columns, "cos"), diagonal, margin=margin, generator=generator
+    )
+    nce = multi_positive_infonce(
+        pair_similarity(rows, columns, nce_sim) / tau, diagonal, average=nce_average
+    )
+    return trip + nce_weight * nce
+
+
 def ice_loss(
     moments: Tensor,
     queries: Tensor,
-    margin: float = 0.2,
-    nce_sim: str = "dot",
-    tau: float = 1.0,
-    nce_average: str = "video",
+    margin: float,
+    nce_sim: str,
+    tau: float,
+    nce_average: str,
     generator: torch.Generator | None = None,
     *,
     nce_weight: float,
@@ -179,22 +206,16 @@ def ice_loss(
     """L_ice, PRVR §3.3: Eq. 5 + `nce_weight` · Eq. 6 on the n_c mined pairs as a mini-batch.
 
     `moments`, `queries` [n_c, D]: pair i is (moments[i], queries[i]), the positive on the
-    diagonal and the other pairs as negatives. The triplet uses cosine with random negatives;
-    the InfoNCE uses `nce_sim` / τ (SPEC §3). SPEC §3 [decision, revised]: ICE learns at the
-    moment level, so its InfoNCE carries Eq. 7's λ₂ (`model.ice.nce_weight`, 0.04; 1 = the
-    earlier unweighted reading). 0 when n_c < 2.
+    diagonal and the other pairs as negatives (`diagonal_alignment_loss`, queries as rows).
+    SPEC §3 [decision, revised]: ICE learns at the moment level, so its InfoNCE carries
+    Eq. 7's λ₂ (`model.ice.nce_weight`, 0.04; 1 = the earlier unweighted reading). 0 when
+    n_c < 2.
     """
-    n_c = queries.shape[0]
-    if n_c < 2:
+    if queries.shape[0] < 2:
         return (moments.sum() + queries.sum()) * 0.0
-    diagonal = torch.arange(n_c, device=queries.device)  # [n_c]
-    trip = triplet_ranking_loss(
-        pair_similarity(queries, moments, "cos"), diagonal, margin=margin, generator=generator
+    return diagonal_alignment_loss(
+        queries, moments, margin, nce_sim, tau, nce_average, generator, nce_weight=nce_weight
     )
-    nce = multi_positive_infonce(
-        pair_similarity(queries, moments, nce_sim) / tau, diagonal, average=nce_average
-    )
-    return trip + nce_weight * nce
 
 
 def ice_terms(
@@ -241,9 +262,9 @@ def irm_neg_loss(
     moment_cos: Tensor,
     moment_nce: Tensor,
     positive_video: Tensor,
-    margin: float = 0.2,
-    nce_sim: str = "dot",
-    tau: float = 1.0,
+    margin: float,
+    nce_sim: str,
+    tau: float,
     *,
     nce_weight: float,
 ) -> Tensor:
@@ -278,10 +299,10 @@ def irm_neg_loss(
 def irm_red_loss(
     r_v: Tensor,
     r_q: Tensor,
-    margin: float = 0.2,
-    nce_sim: str = "dot",
-    tau: float = 1.0,
-    nce_average: str = "video",
+    margin: float,
+    nce_sim: str,
+    tau: float,
+    nce_average: str,
     generator: torch.Generator | None = None,
     *,
     nce_weight: float,
@@ -290,19 +311,13 @@ def irm_red_loss(
 
     `r_v`, `r_q` [n, D]: pair i is (r_q[i], r_v[i]), positives on the diagonal; every pair is
     its own "video" (several pairs of one video are still negatives of each other). Rows of
-    the score matrix are r_q (the query side), columns r_v; triplet on cosine with random
-    negatives, InfoNCE with `nce_sim` / τ. L_red = triplet + `nce_weight` · InfoNCE (SPEC §3
-    [decision, revised]: λ₂ of Eq. 7, `model.irm.red_nce_weight` = 0.04; 1 = unweighted).
+    the score matrix are r_q (the query side), columns r_v (`diagonal_alignment_loss`).
+    L_red = triplet + `nce_weight` · InfoNCE (SPEC §3 [decision, revised]: λ₂ of Eq. 7,
+    `model.irm.red_nce_weight` = 0.04; 1 = unweighted).
     """
-    n = r_v.shape[0]
-    diagonal = torch.arange(n, device=r_v.device)  # [n]
-    trip = triplet_ranking_loss(
-        pair_similarity(r_q, r_v, "cos"), diagonal, margin=margin, generator=generator
+    return diagonal_alignment_loss(
+        r_q, r_v, margin, nce_sim, tau, nce_average, generator, nce_weight=nce_weight
     )
-    nce = multi_positive_infonce(
-        pair_similarity(r_q, r_v, nce_sim) / tau, diagonal, average=nce_average
-    )
-    return trip + nce_weight * nce
 
 
 def irm_terms(
@@ -353,7 +368,7 @@ def irm_terms(
 # --------------------------------------------------------------------------- TCP (§3.5)
 
 
-def tcp_group_labels(lengths: Tensor, max_len: int, groups: int = 8) -> Tensor:
+def tcp_group_labels(lengths: Tensor, max_len: int, groups: int) -> Tensor:
     """Temporal group labels y_o, PRVR §3.5: y_o[t] = floor(t·g / T), padding −100.
 
     `lengths` [b]: each sequence's unpadded length T -> [b, max_len] long.
@@ -366,7 +381,7 @@ def tcp_group_labels(lengths: Tensor, max_len: int, groups: int = 8) -> Tensor:
 
 
 def tcp_shuffle(
-    x: Tensor, lengths: Tensor, ratio: float = 0.25, generator: torch.Generator | None = None
+    x: Tensor, lengths: Tensor, ratio: float, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """Shuffle round(β_r·T) valid positions of each sequence among themselves, PRVR §3.5.
 
