@@ -79,27 +79,26 @@ class PrvrBaseModel(nn.Module):
         max_frames: int = 128,
         max_words: int = 30,
         score_block_elements: int = 2**25,
-        video_encoder: Callable[[int], TransformerEncoder] | None = None,
+        video_encoder: Callable[[int, int, int, float], TransformerEncoder] | None = None,
     ) -> None:
         """`score_block_elements` bounds the largest intermediate of `score_queries`;
-        `video_encoder(max_len)` builds the clip and frame branch encoders (default: the text
-        encoder's Transformer; GMMFormer passes its Gaussian blocks)."""
+        `video_encoder(hidden_dim, max_len, num_heads, dropout)` builds the clip and frame
+        branch encoders (default: the text encoder's Transformer; GMMFormer passes its
+        Gaussian blocks)."""
         super().__init__()
         self.hidden_dim = hidden_dim
 
-        def encoder(max_len: int) -> TransformerEncoder:
-            return TransformerEncoder(
-                hidden_dim, max_len, num_layers, num_heads, 4 * hidden_dim, dropout, ffn
-            )
+        def encoder(dim: int, max_len: int, heads: int, p: float) -> TransformerEncoder:
+            return TransformerEncoder(dim, max_len, num_layers, heads, 4 * dim, p, ffn)
 
         video_encoder = video_encoder or encoder
         self.query_projection = FeatureProjection(query_dim, hidden_dim, dropout)
-        self.query_encoder = encoder(max_words)
+        self.query_encoder = encoder(hidden_dim, max_words, num_heads, dropout)
         self.query_pooling = AdditivePooling(hidden_dim)
         self.clip_projection = FeatureProjection(video_dim, hidden_dim, dropout)
-        self.clip_encoder = video_encoder(num_moments)
+        self.clip_encoder = video_encoder(hidden_dim, num_moments, num_heads, dropout)
         self.frame_projection = FeatureProjection(video_dim, hidden_dim, dropout)
-        self.frame_encoder = video_encoder(max_frames)
+        self.frame_encoder = video_encoder(hidden_dim, max_frames, num_heads, dropout)
         self.frame_pooling = AdditivePooling(hidden_dim)
         self.score_block_elements = score_block_elements
 

@@ -127,33 +127,22 @@ class GmmformerBaseModel(PrvrBaseModel):
         self,
         video_dim: int,
         query_dim: int,
-        hidden_dim: int = 384,
-        num_heads: int = 4,
-        dropout: float = 0.15,
         num_layers: int = 2,
         ffn: bool = False,
         widths: Sequence[float | None] = (None, 0.5, 1.0, 5.0),
         gaussian_mode: str = "multiply",
         **kwargs: Any,
     ) -> None:
-        """The base model's arguments (`kwargs`: lengths, score block), with GMMFormer's
-        Gaussian blocks (`num_layers`, `widths`, `gaussian_mode`) in both video branches and
-        one attention-only text block."""
+        """The base model's arguments (`kwargs`: width, heads, dropout, lengths, score block),
+        with GMMFormer's Gaussian blocks (`num_layers`, `widths`, `gaussian_mode`) in both
+        video branches and one attention-only text block."""
         widths = tuple(None if w is None else float(w) for w in widths)
 
-        def encoder(max_len: int) -> GaussianEncoder:
+        def encoder(dim: int, max_len: int, num_heads: int, dropout: float) -> GaussianEncoder:
             return GaussianEncoder(
-                hidden_dim, max_len, num_layers, num_heads, dropout, widths, gaussian_mode
+                dim, max_len, num_layers, num_heads, dropout, widths, gaussian_mode
             )
 
         super().__init__(
-            video_dim,
-            query_dim,
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            dropout=dropout,
-            num_layers=1,
-            ffn=ffn,
-            video_encoder=encoder,
-            **kwargs,
+            video_dim, query_dim, num_layers=1, ffn=ffn, video_encoder=encoder, **kwargs
         )
