@@ -12,9 +12,9 @@ from partial_relevance.inference.spans import (
     decode_top_spans_batch,
     enumerate_spans,
     nms_spans,
+    repeat_best_span,
     span_scores,
     span_validity_mask,
-    top_span_indices,
     top_spans,
 )
 from partial_relevance.metrics.temporal import temporal_iou
@@ -151,18 +151,18 @@ def test_decode_with_fewer_valid_spans_than_top_n() -> None:
     np.testing.assert_allclose(out, [[4, 0.0, 1.5, 1.0], [4, 3.0, 4.5, 0.5]])
 
 
-def test_top_span_indices_per_video() -> None:
+def test_repeat_best_span_per_video() -> None:
     L = 6
     log_st = torch.full((2, L), -10.0)
     log_ed = torch.full((2, L), -10.0)
     log_st[0, 2], log_ed[0, 4] = -0.1, -0.2  # best span of video 0: [2, 4]
     log_st[1, 1], log_ed[1, 1] = -0.1, -0.1  # video 1 has 2 clips: best [1, 1]
     clip_mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]])
-    idx = top_span_indices(log_st, log_ed, clip_mask, 1, 3, top_n=5)
+    spans, valid = top_spans(log_st, log_ed, clip_mask, 1, 3, top_n=5)
+    idx = repeat_best_span(spans, valid)
     assert idx.shape == (2, 5, 2) and idx.dtype == torch.long
     assert idx[0, 0].tolist() == [2, 4]
     assert idx[1, 0].tolist() == [1, 1]
-    _, valid = top_spans(log_st, log_ed, clip_mask, 1, 3, top_n=5)
     assert valid[0].all() and valid[1].tolist() == [True, True, True, False, False]
     assert {tuple(s) for s in idx[1].tolist()} == {(0, 0), (0, 1), (1, 1)}  # best repeated
     for b in range(2):

@@ -31,9 +31,9 @@ __all__ = [
     "decode_top_spans_batch",
     "enumerate_spans",
     "nms_spans",
+    "repeat_best_span",
     "span_scores",
     "span_validity_mask",
-    "top_span_indices",
     "top_spans",
 ]
 
@@ -100,7 +100,7 @@ def top_spans(
     clip_mask: Tensor | None,
     min_len: int,
     max_len: int,
-    top_n: int = 5,
+    top_n: int,
 ) -> tuple[Tensor, Tensor]:
     """The `top_n` best spans of each video by `log P_st(i) + log P_ed(j)` (no grad).
 
@@ -127,21 +127,10 @@ def top_spans(
     return spans, valid
 
 
-@torch.no_grad()
-def top_span_indices(
-    log_p_st: Tensor,
-    log_p_ed: Tensor,
-    clip_mask: Tensor | None,
-    min_len: int,
-    max_len: int,
-    top_n: int = 5,
-) -> Tensor:
-    """`[B, top_n, 2]` long: each video's current top-`top_n` spans `(i, j)` (SPEC §5 negatives).
-
-    As `top_spans`, but a video with fewer valid spans than `top_n` repeats its best span in
-    the missing slots, so the result is always a valid span of the video (when it has one).
-    """
-    spans, valid = top_spans(log_p_st, log_p_ed, clip_mask, min_len, max_len, top_n)
+def repeat_best_span(spans: Tensor, valid: Tensor) -> Tensor:
+    """`[B, top_n, 2]` long: the `top_spans` result with each missing slot (`valid` False)
+    filled by the video's best span, so every entry is a valid span of the video (when it has
+    one); the localizer's adversarial negatives (SPEC §5)."""
     best = spans[:, :1].expand_as(spans)  # [B, top_n, 2]
     return torch.where(valid[..., None], spans, best)
 

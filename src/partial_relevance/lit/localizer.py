@@ -39,7 +39,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from partial_relevance.inference.spans import top_span_indices
+from partial_relevance.inference.spans import repeat_best_span, top_spans
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
     VcmrPredictions,
@@ -131,13 +131,15 @@ class PremLocalizerLitModule(PartialRelevanceModule):
             with torch.no_grad():
                 start = out["start"].view(B, K, -1)[:, 1:].reshape(B * (K - 1), -1)
                 end = out["end"].view(B, K, -1)[:, 1:].reshape(B * (K - 1), -1)
-                spans = top_span_indices(
-                    start.log_softmax(-1),
-                    end.log_softmax(-1),
-                    neg_mask,
-                    self.inference_cfg.min_len,
-                    self.inference_cfg.max_len,
-                    self.adv_top_n,
+                spans = repeat_best_span(
+                    *top_spans(
+                        start.log_softmax(-1),
+                        end.log_softmax(-1),
+                        neg_mask,
+                        self.inference_cfg.min_len,
+                        self.inference_cfg.max_len,
+                        self.adv_top_n,
+                    )
                 )  # [B(K-1), top_n, 2]
             span_mask = neg_mask.any(-1, keepdim=True).expand(-1, spans.shape[1])
             neg_logits = self.net.span_logits(neg_fused, neg_mask, spans, span_mask)
