@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from partial_relevance.data.rankings import SplitRanking, write_rankings
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
@@ -65,3 +66,16 @@ def tiny_localizer_datamodule(
     )
     dm.setup()
     return dm
+
+
+def prem_video_inputs(V: int, L: int, short_len: int):
+    """Seeded inputs of a tiny PREM encoder: visual [V, L, 12], subtitle [V, L, 10], clip mask
+    (video 1 has `short_len` clips), subtitle mask (video 2 has no subtitle at all)."""
+    torch.manual_seed(1)
+    visual = torch.randn(V, L, 12)
+    subtitle = torch.randn(V, L, 10)
+    clip_mask = torch.ones(V, L, dtype=torch.bool)
+    clip_mask[1, short_len:] = False
+    sub_mask = torch.rand(V, L) > 0.3
+    sub_mask[2] = False  # a video without any subtitle
+    return visual, subtitle, clip_mask, sub_mask

@@ -13,6 +13,7 @@ from partial_relevance.models.prem_localizer import (
     span_max_pool,
     span_membership,
 )
+from prem_support import prem_video_inputs
 
 DIMS = dict(visual_dim=12, subtitle_dim=10, query_dim=8, hidden_dim=16, ffn_dim=32)
 
@@ -23,14 +24,7 @@ def small_localizer(**kwargs) -> PremLocalizer:
 
 
 def video_inputs(V: int = 3, L: int = 6):
-    torch.manual_seed(1)
-    visual = torch.randn(V, L, 12)
-    subtitle = torch.randn(V, L, 10)
-    clip_mask = torch.ones(V, L, dtype=torch.bool)
-    clip_mask[1, 4:] = False
-    sub_mask = torch.rand(V, L) > 0.3
-    sub_mask[2] = False  # no subtitle at all
-    return visual, subtitle, clip_mask, sub_mask
+    return prem_video_inputs(V, L, short_len=4)
 
 
 def query_inputs(B: int = 2, N: int = 5):

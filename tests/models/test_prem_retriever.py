@@ -13,6 +13,7 @@ from partial_relevance.models.prem_retriever import (
     eq6_score,
     index_encoding,
 )
+from prem_support import prem_video_inputs
 
 R = 1 / math.sqrt(2)
 
@@ -134,14 +135,7 @@ def test_unknown_pooling_rejected():
 
 
 def video_inputs(V: int = 3, L: int = 5):
-    torch.manual_seed(1)
-    visual = torch.randn(V, L, 12)
-    subtitle = torch.randn(V, L, 10)
-    clip_mask = torch.ones(V, L, dtype=torch.bool)
-    clip_mask[1, 3:] = False
-    sub_mask = torch.rand(V, L) > 0.3
-    sub_mask[2] = False  # a video without any subtitle
-    return visual, subtitle, clip_mask, sub_mask
+    return prem_video_inputs(V, L, short_len=3)
 
 
 def test_encode_videos_shapes_and_query_independence():
