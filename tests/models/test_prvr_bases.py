@@ -25,7 +25,11 @@ from partial_relevance.models.prvr import (
     multiscale_proposal_weights,
 )
 from partial_relevance.train import train
-from support import TINY_SYNTHETIC, compose_train_config
+from support import (
+    TINY_RUN_OVERRIDES,
+    TINY_SYNTHETIC_OVERRIDES,
+    compose_train_config,
+)
 
 BASES = {"mssl": MsslBaseModel, "gmmformer": GmmformerBaseModel}
 
@@ -327,12 +331,9 @@ def test_each_base_trains_and_evaluates_in_process(model, tmp_path, synthetic_ca
         "experiment=prvr_full_synthetic",
         f"model={model}",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
         "data.eval_batch_size=5",
-        "model.net.hidden_dim=16",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+        *TINY_RUN_OVERRIDES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     train(compose_train_config(overrides, out, synthetic_cache))
     metrics = json.loads((out / "metrics.json").read_text())

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from partial_relevance.lit.optim import optimizer_with_warmup
-from partial_relevance.metrics.store import EvalRows
 from partial_relevance.models.compile import compile_net
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -138,19 +137,8 @@ class PartialRelevanceModule(pl.LightningModule):
 class VideoQueryEvalModule(PartialRelevanceModule):
     """Base of the two retrievers (PRVR, PREM): evaluation encodes the split's videos
     (loader 0) and queries (loader 1) into two `EvalRows` stores, every rank's, and scores
-    them at epoch end. Subclasses write `_eval_step`."""
-
-    def __init__(
-        self,
-        net: nn.Module | Mapping,
-        optimizer: OptimizerFactory | Mapping,
-        warmup_fraction: float | None,
-        compile: bool,
-    ) -> None:
-        super().__init__(net, optimizer, warmup_fraction, compile)
-        # Evaluation: encoded videos (by video id) and queries (by query id).
-        self.eval_videos = EvalRows()
-        self.eval_queries = EvalRows()
+    them at epoch end. Subclasses create the stores `eval_videos`, `eval_queries` (`EvalRows`)
+    and write `_eval_step`."""
 
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
         """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1)."""

@@ -31,6 +31,7 @@ from partial_relevance.losses.prvr import (
     total_loss,
 )
 from partial_relevance.metrics.retrieval import chunked_ranks, gt_columns, recall_at_k
+from partial_relevance.metrics.store import EvalRows
 from partial_relevance.models.layers import TransformerEncoder
 from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
@@ -99,6 +100,9 @@ class PrvrLitModule(VideoQueryEvalModule):
             self.tcp_frame = TcpClassifier(dim, self.tcp_cfg.groups)
             self.tcp_clip = TcpClassifier(dim, self.tcp_cfg.groups)
         self.collect_probe_inputs = False
+        # Evaluation: encoded videos (index tensors by video id) and queries (by query id).
+        self.eval_videos = EvalRows()
+        self.eval_queries = EvalRows()
         # The reduced-precision copy of `net` used for one evaluation pass (a plain dict, so
         # it is neither a submodule nor in checkpoints).
         self._eval_nets: dict[str, nn.Module] = {}

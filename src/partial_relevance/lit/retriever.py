@@ -44,6 +44,7 @@ from partial_relevance.lit.base import OptimizerFactory, VideoQueryEvalModule, a
 from partial_relevance.lit.prem_modules import PremModules
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
 from partial_relevance.metrics.retrieval import gt_columns
+from partial_relevance.metrics.store import EvalRows
 from partial_relevance.metrics.vcmr import vr_metrics
 from partial_relevance.models.prem_retriever import (
     RESTRICTED_SUBTITLE_MODES,
@@ -174,6 +175,9 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
         if isinstance(ranking, Mapping):
             ranking = {**ranking, "splits": list(ranking.get("splits", []))}
         self.ranking_cfg = as_config(RankingConfig, ranking, "ranking")
+        # Evaluation: encoded videos (by video id) and queries (by query id), every rank's.
+        self.eval_videos = EvalRows()
+        self.eval_queries = EvalRows()
         # PRVR's ICE / IRM / TCP as switches (lit.prem_modules; all off: the paper's loss).
         self.prvr_modules = PremModules(ice, irm, tcp, module_loss)
         self.prvr_modules.check_net(self.net)

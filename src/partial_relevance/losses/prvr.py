@@ -12,7 +12,8 @@ One function per paper equation, pure functions on tensors:
   `ice_loss` aligns them with Eq. 5 + `nce_weight` · Eq. 6.
 - `irm_neg_loss` (`L_neg`) uses the redundant features r_v, r_q of Eq. 9 as extra negative
   moments; `irm_red_loss` (`L_red`) aligns r_v with r_q; L_irm = L_neg + L_red (Eq. 10).
-  Each is triplet + `nce_weight` · InfoNCE (λ₂ of Eq. 7 by default, SPEC §3).
+  Each is triplet + `nce_weight` · InfoNCE (λ₂ of Eq. 7, SPEC §3). `ice_loss` and
+  `irm_red_loss` are one function, `diagonal_alignment_loss`.
 - `tcp_group_labels`, `tcp_shuffle` build the temporal-coherence task; `tcp_loss` is
   Eq. 11-12.
 """
@@ -166,8 +167,8 @@ def ice_select_pairs(
 
 
 def diagonal_alignment_loss(
-    rows: Tensor,
     columns: Tensor,
+    rows: Tensor,
     margin: float,
     nce_sim: str,
     tau: float,
@@ -176,13 +177,17 @@ def diagonal_alignment_loss(
     *,
     nce_weight: float,
 ) -> Tensor:
-    """Eq. 5 + `nce_weight` · Eq. 6 on n aligned pairs as a mini-batch (L_ice, L_red).
+    """Eq. 5 + `nce_weight` · Eq. 6 on n aligned pairs as a mini-batch: L_ice and L_red.
 
-    `rows`, `columns` [n, D]: pair i is (rows[i], columns[i]), the positive on the diagonal
+    `columns`, `rows` [n, D]: pair i is (rows[i], columns[i]), the positive on the diagonal
     and the other pairs as negatives; rows play the query side. Triplet on cosine with random
-    negatives, InfoNCE with `nce_sim` / τ (SPEC §3).
+    negatives, InfoNCE with `nce_sim` / τ (SPEC §3). SPEC §3 [decision, revised]: `nce_weight`
+    is Eq. 7's λ₂ (0.04; 1 = the earlier unweighted reading). 0 when n < 2.
     """
-    diagonal = torch.arange(rows.shape[0], device=rows.device)  # [n]
+    n = rows.shape[0]
+    if n < 2:
+        return (columns.sum() + rows.sum()) * 0.0
+    diagonal = torch.arange(n, device=rows.device)  # [n]
     trip = triplet_ranking_loss(
         pair_similarity(rows, columns, "cos"), diagonal, margin=margin, generator=generator
     )
@@ -192,30 +197,9 @@ def diagonal_alignment_loss(
     return trip + nce_weight * nce
 
 
-def ice_loss(
-    moments: Tensor,
-    queries: Tensor,
-    margin: float,
-    nce_sim: str,
-    tau: float,
-    nce_average: str,
-    generator: torch.Generator | None = None,
-    *,
-    nce_weight: float,
-) -> Tensor:
-    """L_ice, PRVR §3.3: Eq. 5 + `nce_weight` · Eq. 6 on the n_c mined pairs as a mini-batch.
-
-    `moments`, `queries` [n_c, D]: pair i is (moments[i], queries[i]), the positive on the
-    diagonal and the other pairs as negatives (`diagonal_alignment_loss`, queries as rows).
-    SPEC §3 [decision, revised]: ICE learns at the moment level, so its InfoNCE carries
-    Eq. 7's λ₂ (`model.ice.nce_weight`, 0.04; 1 = the earlier unweighted reading). 0 when
-    n_c < 2.
-    """
-    if queries.shape[0] < 2:
-        return (moments.sum() + queries.sum()) * 0.0
-    return diagonal_alignment_loss(
-        queries, moments, margin, nce_sim, tau, nce_average, generator, nce_weight=nce_weight
-    )
+# L_ice, PRVR §3.3: ice_loss(moments [n_c, D], queries [n_c, D], ...) aligns the n_c mined
+# pairs (moments[i], queries[i]), queries as rows; λ₂ = `model.ice.nce_weight`.
+ice_loss = diagonal_alignment_loss
 
 
 def ice_terms(
@@ -296,28 +280,11 @@ def irm_neg_loss(
     return trip + nce_weight * nce
 
 
-def irm_red_loss(
-    r_v: Tensor,
-    r_q: Tensor,
-    margin: float,
-    nce_sim: str,
-    tau: float,
-    nce_average: str,
-    generator: torch.Generator | None = None,
-    *,
-    nce_weight: float,
-) -> Tensor:
-    """L_red, PRVR §3.4: align the video-view and query-view redundant features (Eq. 5 + 6).
-
-    `r_v`, `r_q` [n, D]: pair i is (r_q[i], r_v[i]), positives on the diagonal; every pair is
-    its own "video" (several pairs of one video are still negatives of each other). Rows of
-    the score matrix are r_q (the query side), columns r_v (`diagonal_alignment_loss`).
-    L_red = triplet + `nce_weight` · InfoNCE (SPEC §3 [decision, revised]: λ₂ of Eq. 7,
-    `model.irm.red_nce_weight` = 0.04; 1 = unweighted).
-    """
-    return diagonal_alignment_loss(
-        r_q, r_v, margin, nce_sim, tau, nce_average, generator, nce_weight=nce_weight
-    )
+# L_red, PRVR §3.4: irm_red_loss(r_v [n, D], r_q [n, D], ...) aligns the video-view and
+# query-view redundant features, pair i = (r_q[i], r_v[i]), r_q as rows (the query side);
+# every pair is its own "video" (several pairs of one video are still negatives of each
+# other); λ₂ = `model.irm.red_nce_weight`.
+irm_red_loss = diagonal_alignment_loss
 
 
 def irm_terms(
