@@ -79,3 +79,20 @@ def prem_video_inputs(V: int, L: int, short_len: int):
     sub_mask = torch.rand(V, L) > 0.3
     sub_mask[2] = False  # a video without any subtitle
     return visual, subtitle, clip_mask, sub_mask
+
+
+def padded_video_inputs(pad: int = 3):
+    """One 4-clip video (clip 1 without subtitle) and the same video with `pad` padding clips
+    (random features, clip mask off) appended: `(short, padded)`, each
+    `(visual, subtitle, clip_mask, sub_mask)`; for padding-invariance checks."""
+    torch.manual_seed(3)
+    visual, subtitle = torch.randn(1, 4, 12), torch.randn(1, 4, 10)
+    clip_mask = torch.ones(1, 4, dtype=torch.bool)
+    sub_mask = torch.tensor([[True, False, True, True]])
+    padded = (
+        torch.cat([visual, torch.randn(1, pad, 12)], 1),
+        torch.cat([subtitle, torch.randn(1, pad, 10)], 1),
+        torch.cat([clip_mask, torch.zeros(1, pad, dtype=torch.bool)], 1),
+        torch.cat([sub_mask, torch.ones(1, pad, dtype=torch.bool)], 1),
+    )
+    return (visual, subtitle, clip_mask, sub_mask), padded

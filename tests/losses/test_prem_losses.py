@@ -113,16 +113,8 @@ def test_video_to_query_by_hand():
 
 def test_retriever_loss_sums_terms():
     strong, weak, weak_valid, negatives, positive_video = three_query_case()
-    out = retriever_loss(
-        strong,
-        weak,
-        weak_valid,
-        negatives,
-        positive_video,
-        tau=0.1,
-        weak_weight=0.5,
-        video_to_query=True,
-    )
+    inputs = (strong, weak, weak_valid, negatives, positive_video)
+    out = retriever_loss(*inputs, tau=0.1, weak_weight=0.5, video_to_query=True)
     mask = in_batch_negative_mask(positive_video, torch.tensor([0, 1]))
     q2v = relevant_content_nce(strong, weak, weak_valid, negatives, mask, tau=0.1, weak_weight=0.5)
     v2q = video_to_query_nce(strong, negatives, positive_video, tau=0.1)
@@ -130,16 +122,7 @@ def test_retriever_loss_sums_terms():
     torch.testing.assert_close(out["L_v2q"], v2q)
     torch.testing.assert_close(out["loss"], q2v["L_q2v"] + v2q)
     assert set(out) == {"L_S", "L_W", "L_q2v", "L_v2q", "loss"}
-    no_v2q = retriever_loss(
-        strong,
-        weak,
-        weak_valid,
-        negatives,
-        positive_video,
-        tau=0.1,
-        weak_weight=0.5,
-        video_to_query=False,
-    )
+    no_v2q = retriever_loss(*inputs, tau=0.1, weak_weight=0.5, video_to_query=False)
     torch.testing.assert_close(no_v2q["loss"], q2v["L_q2v"])
 
 

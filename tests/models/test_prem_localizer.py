@@ -13,7 +13,7 @@ from partial_relevance.models.prem_localizer import (
     span_max_pool,
     span_membership,
 )
-from prem_support import prem_video_inputs
+from prem_support import padded_video_inputs, prem_video_inputs
 
 DIMS = dict(visual_dim=12, subtitle_dim=10, query_dim=8, hidden_dim=16, ffn_dim=32)
 
@@ -87,21 +87,10 @@ def test_cached_encodings_equal_naive_per_pair():
 
 def test_padding_does_not_change_valid_logits():
     model = small_localizer()
-    torch.manual_seed(3)
-    visual, subtitle = torch.randn(1, 4, 12), torch.randn(1, 4, 10)
-    clip_mask = torch.ones(1, 4, dtype=torch.bool)
-    sub_mask = torch.tensor([[True, False, True, True]])
+    short_inputs, padded_inputs = padded_video_inputs()
     tokens, token_mask = torch.randn(1, 5, 8), torch.ones(1, 5, dtype=torch.bool)
-    short = model(visual, subtitle, clip_mask, sub_mask, tokens, token_mask)
-    pad = 3
-    long = model(
-        torch.cat([visual, torch.randn(1, pad, 12)], 1),
-        torch.cat([subtitle, torch.randn(1, pad, 10)], 1),
-        torch.cat([clip_mask, torch.zeros(1, pad, dtype=torch.bool)], 1),
-        torch.cat([sub_mask, torch.ones(1, pad, dtype=torch.bool)], 1),
-        tokens,
-        token_mask,
-    )
+    short = model(*short_inputs, tokens, token_mask)
+    long = model(*padded_inputs, tokens, token_mask)
     torch.testing.assert_close(long["start"][:, :4], short["start"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(long["end"][:, :4], short["end"], atol=1e-5, rtol=1e-5)
 

@@ -13,7 +13,7 @@ from partial_relevance.models.prem_retriever import (
     eq6_score,
     index_encoding,
 )
-from prem_support import prem_video_inputs
+from prem_support import padded_video_inputs, prem_video_inputs
 
 R = 1 / math.sqrt(2)
 
@@ -236,17 +236,8 @@ def test_score_is_differentiable_and_finite_with_masks():
 
 def test_padding_does_not_change_scores():
     model = small_retriever()
-    torch.manual_seed(3)
-    visual, subtitle = torch.randn(1, 4, 12), torch.randn(1, 4, 10)
-    clip_mask = torch.ones(1, 4, dtype=torch.bool)
-    sub_mask = torch.tensor([[True, False, True, True]])
+    short_inputs, padded_inputs = padded_video_inputs()
     queries = model.encode_queries(torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool))
-    short = model.score(queries, model.encode_videos(visual, subtitle, clip_mask, sub_mask))
-    pad = 3
-    padded = model.encode_videos(
-        torch.cat([visual, torch.randn(1, pad, 12)], 1),
-        torch.cat([subtitle, torch.randn(1, pad, 10)], 1),
-        torch.cat([clip_mask, torch.zeros(1, pad, dtype=torch.bool)], 1),
-        torch.cat([sub_mask, torch.ones(1, pad, dtype=torch.bool)], 1),
-    )
+    short = model.score(queries, model.encode_videos(*short_inputs))
+    padded = model.encode_videos(*padded_inputs)
     torch.testing.assert_close(model.score(queries, padded), short, atol=1e-6, rtol=1e-5)
