@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,8 @@ def compose_train_config(overrides: list[str], output_dir: Path, cache_dir: Path
 def compose_eval_config(overrides: list[str], output_dir: Path, cache_dir: Path) -> DictConfig:
     """Compose `conf/eval.yaml` in-process, writing into `output_dir`."""
     return compose_config("eval", overrides, output_dir, cache_dir)
+
+
+def lse(*xs: float) -> float:
+    """log Σ exp(x): the hand-computed InfoNCE terms of the loss tests."""
+    return math.log(sum(math.exp(x) for x in xs))

@@ -8,8 +8,6 @@ and 1 (the earlier unweighted reading) stays one override away
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -21,12 +19,7 @@ from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.losses.prvr import irm_neg_loss, irm_red_loss
 from partial_relevance.models.prvr import PrvrBaseModel
 from partial_relevance.tables import load_table_spec, plan_jobs, write_row_configs
-from support import CONF_DIR, compose_train_config
-
-
-def lse(*xs: float) -> float:
-    return math.log(sum(math.exp(x) for x in xs))
-
+from support import CONF_DIR, compose_train_config, lse
 
 # The L_neg fixture of tests/losses/test_prvr_losses.py: two queries, two videos.
 Q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

@@ -18,10 +18,7 @@ from partial_relevance.losses.prem_modules import (
     stream_moment_scores,
     tcp_stream_labels,
 )
-
-
-def lse(*xs: float) -> float:
-    return math.log(sum(math.exp(x) for x in xs))
+from support import lse
 
 
 def t(rows) -> torch.Tensor:

@@ -16,11 +16,7 @@ from partial_relevance.losses.prvr import (
     tcp_loss,
     tcp_shuffle,
 )
-
-
-def lse(*xs: float) -> float:
-    return math.log(sum(math.exp(x) for x in xs))
-
+from support import lse
 
 # --------------------------------------------------------------------------- ICE
 
