@@ -68,7 +68,11 @@ def test_nms_hand_case() -> None:
     np.testing.assert_array_equal(nms_spans(spans, scores, 0.7), [3, 2, 4])
     # IoU exactly at the threshold is kept (strict >, as TVRetrieval's NMS)
     np.testing.assert_array_equal(nms_spans(np.array([[0, 10], [0, 7]]), [1.0, 0.5], 0.7), [0, 1])
-    assert len(nms_spans(np.zeros((0, 2)), np.zeros(0))) == 0
+    assert len(nms_spans(np.zeros((0, 2)), np.zeros(0), 0.7)) == 0
+
+
+# SPEC §6.4's decoding settings (conf/model/prem_localizer.yaml `inference`).
+DECODE = {"top_n": 200, "nms_iou": 0.7, "out_n": 100}
 
 
 def _hand_scores() -> torch.Tensor:
@@ -86,7 +90,7 @@ def _hand_scores() -> torch.Tensor:
 
 
 def test_decode_top_spans_two_videos_scales_and_clipping() -> None:
-    out = decode_top_spans(_hand_scores(), [7, 3], [10.0, 5.0], [2.0, 1.0])
+    out = decode_top_spans(_hand_scores(), [7, 3], [10.0, 5.0], [2.0, 1.0], **DECODE)
     expected = [
         [7, 0.0, 6.0, 5.0],
         [3, 0.0, 5.0, 4.8],
@@ -96,12 +100,14 @@ def test_decode_top_spans_two_videos_scales_and_clipping() -> None:
         [7, 6.0, 10.0, 3.0],
     ]
     np.testing.assert_allclose(out, expected)
-    np.testing.assert_allclose(decode_top_spans(_hand_scores(), [7, 3], [10, 5], [2, 1], out_n=2),
-                               expected[:2])  # fmt: skip
+    two = decode_top_spans(_hand_scores(), [7, 3], [10, 5], [2, 1], **{**DECODE, "out_n": 2})
+    np.testing.assert_allclose(two, expected[:2])
     # top_n cuts before NMS: the best 4 are 5, 4.8, 4.7, 4.6 and NMS drops 4.6
-    cut = decode_top_spans(_hand_scores(), [7, 3], [10, 5], [2, 1], top_n=4)
+    cut = decode_top_spans(_hand_scores(), [7, 3], [10, 5], [2, 1], **{**DECODE, "top_n": 4})
     np.testing.assert_allclose(cut, expected[:3])
-    no_nms = decode_top_spans(_hand_scores(), [7, 3], [10, 5], [2, 1], nms_iou=None)
+    no_nms = decode_top_spans(
+        _hand_scores(), [7, 3], [10, 5], [2, 1], **{**DECODE, "nms_iou": None}
+    )
     assert len(no_nms) == 7
 
 
@@ -115,9 +121,11 @@ def test_decode_batch_matches_per_query_and_per_video_nms() -> None:
     vids = np.arange(Q * k).reshape(Q, k)
     durs = np.full((Q, k), 21.5)  # the last clip ends past it
     scales = np.full((Q, k), 1.25)
-    batch = decode_top_spans_batch(scores, vids, durs, scales, top_n=60, out_n=25)
+    batch = decode_top_spans_batch(scores, vids, durs, scales, top_n=60, nms_iou=0.7, out_n=25)
     for q in range(Q):
-        single = decode_top_spans(scores[q], vids[q], durs[q], scales[q], top_n=60, out_n=25)
+        single = decode_top_spans(
+            scores[q], vids[q], durs[q], scales[q], top_n=60, nms_iou=0.7, out_n=25
+        )
         np.testing.assert_allclose(batch[q], single)
         assert len(single) == 25
         assert np.all(np.diff(single[:, 3]) <= 0)
@@ -147,7 +155,7 @@ def test_decode_with_fewer_valid_spans_than_top_n() -> None:
     scores = torch.full((1, 3, 3), NEG)
     scores[0, 0, 0] = 1.0
     scores[0, 2, 2] = 0.5
-    out = decode_top_spans(scores, [4], [100.0], None)
+    out = decode_top_spans(scores, [4], [100.0], None, **DECODE)
     np.testing.assert_allclose(out, [[4, 0.0, 1.5, 1.0], [4, 3.0, 4.5, 0.5]])
 
 
@@ -195,7 +203,7 @@ def test_decode_zero_length_spans_after_clipping_do_not_suppress() -> None:
     scores[0, 2, 2] = 2.0  # [3, 4.5] clipped to a 2.5 s video: [2.5, 2.5]
     scores[0, 2, 3] = 1.0  # [3, 6] -> [2.5, 2.5] too: IoU 0 (zero hull), so both stay
     scores[0, 0, 1] = 0.5  # [0, 2.5]
-    out = decode_top_spans(scores, [1], [2.5], [1.0])
+    out = decode_top_spans(scores, [1], [2.5], [1.0], **DECODE)
     np.testing.assert_allclose(out, [[1, 2.5, 2.5, 2.0], [1, 2.5, 2.5, 1.0], [1, 0.0, 2.5, 0.5]])
     keep = nms_spans(out[:, 1:3], out[:, 3], 0.7)
     np.testing.assert_array_equal(keep, [0, 1, 2])

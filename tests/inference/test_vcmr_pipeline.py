@@ -90,7 +90,16 @@ def _reference_predictions(net, dm, cfg: VcmrInferenceConfig, qi: int) -> np.nda
     log_st, log_ed = boundary_log_probs(start, end, mask, cfg.norm)
     retrieval = torch.from_numpy(ranking.scores[qi, : cfg.k_videos])[None]
     scores = span_scores(log_st, log_ed, mask, cfg.min_len, cfg.max_len, retrieval, cfg.tau)
-    return decode_top_spans(scores[0], videos, durations, scales)
+    return decode_top_spans(
+        scores[0],
+        videos,
+        durations,
+        scales,
+        top_n=cfg.top_n,
+        nms_iou=cfg.nms_iou,
+        out_n=cfg.out_n,
+        clip_seconds=cfg.clip_seconds,
+    )
 
 
 @pytest.mark.parametrize("norm", ["joint", "per_video"])

@@ -135,7 +135,7 @@ def repeat_best_span(spans: Tensor, valid: Tensor) -> Tensor:
     return torch.where(valid[..., None], spans, best)
 
 
-def nms_spans(spans: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.7) -> np.ndarray:
+def nms_spans(spans: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy temporal NMS of the spans of one video; returns the kept indices, best first.
 
     Args:
@@ -209,10 +209,11 @@ def decode_top_spans_batch(
     scores: Tensor,
     video_indices: Tensor | np.ndarray | Sequence[Sequence[int]],
     durations: Tensor | np.ndarray | Sequence[Sequence[float]],
-    scales: Tensor | np.ndarray | Sequence[Sequence[float]] | None = None,
-    top_n: int = 200,
-    nms_iou: float | None = 0.7,
-    out_n: int = 100,
+    scales: Tensor | np.ndarray | Sequence[Sequence[float]] | None,
+    *,
+    top_n: int,
+    nms_iou: float | None,
+    out_n: int,
     clip_seconds: float = CLIP_SECONDS,
 ) -> list[np.ndarray]:
     """Decode the moment predictions of Q queries at once (SPEC §6 steps 3–5).
@@ -263,10 +264,11 @@ def decode_top_spans(
     scores: Tensor,
     video_indices: Tensor | np.ndarray | Sequence[int],
     durations: Tensor | np.ndarray | Sequence[float],
-    scales: Tensor | np.ndarray | Sequence[float] | None = None,
-    top_n: int = 200,
-    nms_iou: float | None = 0.7,
-    out_n: int = 100,
+    scales: Tensor | np.ndarray | Sequence[float] | None,
+    *,
+    top_n: int,
+    nms_iou: float | None,
+    out_n: int,
     clip_seconds: float = CLIP_SECONDS,
 ) -> np.ndarray:
     """Decode one query: `scores [k, L, L]` over its k videos → `[m <= out_n, 4]` float64

@@ -321,10 +321,10 @@ def predict_queries(
                 videos,
                 cache.durations[videos],
                 cache.scales[videos],
-                cfg.top_n,
-                cfg.nms_iou,
-                cfg.out_n,
-                cfg.clip_seconds,
+                top_n=cfg.top_n,
+                nms_iou=cfg.nms_iou,
+                out_n=cfg.out_n,
+                clip_seconds=cfg.clip_seconds,
             )
         )
         labelled = torch.nonzero(gt_video[rows] >= 0).flatten()  # [n] within the chunk
@@ -342,10 +342,10 @@ def predict_queries(
                 gt[:, None],
                 cache.durations[gt][:, None],
                 cache.scales[gt][:, None],
-                cfg.top_n,
-                cfg.nms_iou,
-                cfg.out_n,
-                cfg.clip_seconds,
+                top_n=cfg.top_n,
+                nms_iou=cfg.nms_iou,
+                out_n=cfg.out_n,
+                clip_seconds=cfg.clip_seconds,
             )
             for j, q in enumerate(labelled.tolist()):
                 svmr[lo + q] = decoded[j]
