@@ -300,35 +300,21 @@ def irm_terms(
     """IRM (PRVR §3.4, Eq. 10): `L_neg`, `L_red` (each switched by `irm.neg` / `irm.red`) and
     `L_irm = L_neg + L_red`, from the redundant features r_v, r_q [n, D] of Eq. 9."""
     zero = queries.sum() * 0
-    neg = (
-        irm_neg_loss(
+    rule = (cfg.margin, cfg.nce_sim, cfg.tau)  # m of Eq. 5, s(·,·) and τ of Eq. 6
+    neg, red = zero, zero
+    if irm.neg:
+        neg = irm_neg_loss(
             r_v,
             r_q,
             queries,
             moment_cos,
             moment_nce,
             positive_video,
-            cfg.margin,
-            cfg.nce_sim,
-            cfg.tau,
+            *rule,
             nce_weight=irm.neg_nce_weight,
         )
-        if irm.neg
-        else zero
-    )
-    red = (
-        irm_red_loss(
-            r_v,
-            r_q,
-            cfg.margin,
-            cfg.nce_sim,
-            cfg.tau,
-            cfg.nce_average,
-            nce_weight=irm.red_nce_weight,
-        )
-        if irm.red
-        else zero
-    )
+    if irm.red:
+        red = irm_red_loss(r_v, r_q, *rule, cfg.nce_average, nce_weight=irm.red_nce_weight)
     return {"L_neg": neg, "L_red": red, "L_irm": neg + red}
 
 
