@@ -18,6 +18,7 @@ percent; the official script rounds to 2 decimals.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -208,8 +209,10 @@ def vcmr_recall(
     ks: Sequence[int] = DEFAULT_KS,
     ious: Sequence[float] = DEFAULT_IOUS,
     min_windows: int | None = None,
+    within_gt_video: bool = False,
 ) -> dict[str, float]:
-    """VCMR `R@k IoU=θ` in percent over all queries of `ground_truth` (SPEC §7).
+    """VCMR `R@k IoU=θ` in percent over all queries of `ground_truth` (SPEC §7); SVMR with
+    `within_gt_video` (`svmr_recall`).
 
     Args:
         predictions: desc_id → `[n, 4]` `(video_idx, st, ed, score)` sorted best first; only
@@ -221,30 +224,22 @@ def vcmr_recall(
         min_windows: GT windows a prediction must match, capped at the query's window count
             (`required = min(min_windows, len(windows))`). None (default) is the official
             rule: 2 for queries with ≥ 4 windows (DiDeMo), else 1.
+        within_gt_video: SVMR: the first 100 predictions are kept, then those in other videos
+            are dropped and `k` counts what is left (the official script's order of the two
+            steps).
 
     Returns:
         `{"R@1 IoU0.5": ..., ...}`, unrounded percentages.
     """
     desc_ids = _desc_ids(ground_truth)
-    ranks = _first_hit_ranks(predictions, ground_truth, desc_ids, ious, min_windows, False)
+    ranks = _first_hit_ranks(
+        predictions, ground_truth, desc_ids, ious, min_windows, within_gt_video
+    )
     return _moment_recalls(ranks, ks, ious)
 
 
-def svmr_recall(
-    predictions: Mapping[int, np.ndarray],
-    ground_truth: Mapping[int, GroundTruth],
-    ks: Sequence[int] = DEFAULT_KS,
-    ious: Sequence[float] = DEFAULT_IOUS,
-    min_windows: int | None = None,
-) -> dict[str, float]:
-    """SVMR `R@k IoU=θ` in percent: as `vcmr_recall`, but among the predictions in the GT video.
-
-    The first 100 predictions are kept, then those in other videos are dropped and `k` counts
-    what is left (the official script's order of the two steps).
-    """
-    desc_ids = _desc_ids(ground_truth)
-    ranks = _first_hit_ranks(predictions, ground_truth, desc_ids, ious, min_windows, True)
-    return _moment_recalls(ranks, ks, ious)
+# SVMR `R@k IoU=θ` in percent: as `vcmr_recall`, among the predictions in the GT video.
+svmr_recall = functools.partial(vcmr_recall, within_gt_video=True)
 
 
 def _vr_ranks(
