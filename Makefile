@@ -25,11 +25,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the package with its dev extras (once)
 
-train: $(STAMP) ## Train + evaluate (default: PRVR base model on the synthetic corpus); EXP=, ARGS=
+train: $(STAMP) ## Train + evaluate (default: PRVR base model on the synthetic corpus, < 2 min); EXP=, ARGS=
 	$(PY) -m partial_relevance.train experiment=$(EXP) $(ARGS)
 
 train-prem: $(STAMP) ## PREM stage-wise pipeline (retriever -> rankings -> localizer -> VCMR val tables + submission check) on the synthetic corpus; ARGS=
 	$(PY) -m partial_relevance.prem_pipeline $(ARGS)
+
+notebooks: $(STAMP) ## Install the notebooks extra (JupyterLab) and open notebooks/ in it
+	$(PY) -m pip install -q -e '.[notebooks]'
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: $(STAMP) ## Run the fast test suite
 	$(PY) -m pytest -q
@@ -72,4 +76,4 @@ clean: ## Remove caches and build leftovers (keeps .venv, outputs/ and the corpu
 distclean: clean ## Also remove .venv and the generated synthetic corpora (never outputs/)
 	rm -rf $(VENV) .cache
 
-.PHONY: help setup train train-prem test test-slow test-all lint format bench clean distclean table tables
+.PHONY: help setup train train-prem notebooks test test-slow test-all lint format bench clean distclean table tables

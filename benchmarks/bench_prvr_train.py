@@ -4,14 +4,16 @@ what the saved activations are (base vs full model).
 Configurations `<model>-<precision>[-<option>...]`, each in its own child process (so each peak
 RSS is its own): model `base` or `full` (ICE + IRM + TCP enabled), precision `fp32` or `bf16`
 (`torch.autocast("cpu", dtype=torch.bfloat16)`, what `precision=bf16` / Lightning
-`bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (the net's
-encoders through `torch.compile`, Inductor; compile time reported apart). Data loading is
+`bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (what
+`model.compile=true` compiles: `models.compile.compile_net`, Inductor; compile time reported
+apart). Data loading is
 included: batches come from the real `PrvrDataModule` train loader reading a Charades-like
 MS-SL collection written to a temp dir (or any MS-SL directory given with
 --root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
 backward, `BertAdamW` step (the default optimiser). Model FLOPs per step come from
 `torch.utils.flop_counter.FlopCounterMode` on one batch; each child measures the matmul rate of
-its precision right after its timed steps (same load), the yardstick of its `% of peak`.
+its precision right after its timed steps (sustained over 2 s: the same host load), the
+yardstick of its `% of peak`.
 
     .venv/bin/python benchmarks/bench_prvr_train.py                  # small defaults
     .venv/bin/python benchmarks/bench_prvr_train.py --videos 500 --batch-videos 128 --steps 8
@@ -38,21 +40,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.models.compile import compile_net
+from partial_relevance.models.layers import set_recompute_elementwise
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
 OPTIONS = ("ckpt", "compile")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# The net's submodules `compile` hands to torch.compile (every encoder call goes through them,
-# TCP's second pass included).
-COMPILED = (
-    "query_projection",
-    "query_encoder",
-    "clip_projection",
-    "clip_encoder",
-    "frame_projection",
-    "frame_encoder",
-)
 
 
 def known_config(config: str) -> bool:
@@ -73,17 +67,19 @@ def build(
     `checkpointing` recomputes Transformer activations in backward."""
     assert dm.corpus is not None
     net = PrvrBaseModel(
-        dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden, num_layers=args.layers
+        dm.corpus.video_dim,
+        dm.corpus.query_dim,
+        hidden_dim=args.hidden,
+        num_layers=args.layers,
+        dropout=args.dropout,
     )
-    full = model == "full"
-    return PrvrLitModule(
-        net,
-        optimizer=functools.partial(BertAdamW, lr=2.5e-4),
-        ice={"enabled": full},
-        irm={"enabled": full},
-        tcp={"enabled": full},
-        activation_checkpointing=checkpointing,
+    set_recompute_elementwise(net, args.recompute_elementwise)
+    full = str(model == "full").lower()
+    modules = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
+    sections = bench.model_sections(
+        "prvr", [*modules, f"model.activation_checkpointing={checkpointing}"]
     )
+    return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
 
 
 def autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -115,8 +111,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     lit = build(args, model, dm, checkpointing="ckpt" in options)
     lit.train()
     if "compile" in options:
-        for name in COMPILED:
-            getattr(lit.net, name).compile(dynamic=True)
+        compile_net(lit.net)  # what `model.compile=true` compiles (models.compile)
     optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
     stream = batches(dm.train_dataloader())
 
@@ -151,7 +146,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     total = time.perf_counter() - start
     compute = sum(step_seconds)
     peak_rss = bench.peak_rss_mb()  # of training itself: the untimed steps below hold more
-    peak = bench.matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
+    peak = bench.sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
     batch = next(stream)
     with FlopCounterMode(display=False) as counter:
         step(batch, update=False)
@@ -199,6 +194,13 @@ def main() -> None:
         "--warmup", type=int, default=1, help="untimed steps first (compile happens here)"
     )
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
+    parser.add_argument("--dropout", type=float, default=0.15, help="dropout (PRVR: 0.15)")
+    parser.add_argument(
+        "--recompute-elementwise",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep only matmul outputs for backward (models.layers.recompute_elementwise)",
+    )
     parser.add_argument(
         "--memory",
         action=argparse.BooleanOptionalAction,
@@ -211,7 +213,10 @@ def main() -> None:
         frames = (args.frames, args.frames)
         return layout_from_args(args, {"train": args.videos, "val": 0}, frames, {"val": "train"})
 
-    child_args = ("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "memory")
+    child_args = (
+        *("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "dropout"),
+        *("recompute_elementwise", "memory"),
+    )
     done = bench.run_parent_or_child(
         parser,
         args,
@@ -243,7 +248,8 @@ def main() -> None:
         "queries/s counts the whole loop (data loading + forward + backward + optimiser step); "
         "achieved GFLOP/s = counted model FLOPs / compute time (data excluded); % of peak "
         "compares it with the 1024² matmul rate of the same precision measured in the same "
-        "child right after its timed steps (matmul GFLOP/s)",
+        "child right after its timed steps, sustained over 2 s (matmul GFLOP/s: the CPU share "
+        "of the moment, so that a loaded host does not read as a slow model)",
         "FLOPs counted by FlopCounterMode on one untimed batch (forward + backward) after the "
         "timed steps, scaled per query; peak RSS is read before it",
         "warm-up s: the untimed first steps (kernel selection; torch.compile's compile time in "

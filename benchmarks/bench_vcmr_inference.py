@@ -32,10 +32,10 @@ from common import (
     add_peer_ratio,
     load_average,
     machine_facts,
-    matmul_flops,
     peak_rss_mb,
     percent_of_peak,
     record_result,
+    sustained_matmul_flops,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -191,7 +191,7 @@ def main() -> None:
                 return encode_s, time.perf_counter() - start
 
             encode_s, cached_s = run_all()
-            peak = matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed run
+            peak = sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed run
             with FlopCounterMode(display=False) as counter:  # a second, untimed run
                 run_all()
             achieved = counter.get_total_flops() / 1e9 / (encode_s + cached_s)
@@ -227,7 +227,7 @@ def main() -> None:
             net, local, {**batch, "topk_video": ids[:, :-1], "video_index": ids[:, -1]}, cfg
         )
         no_cache_s = time.perf_counter() - start
-        peak = matmul_flops(torch.float32) / 1e9
+        peak = sustained_matmul_flops(torch.float32) / 1e9
         with FlopCounterMode(display=False) as counter:  # the same work, untimed
             local = VideoCache.build(net, video_batches(videos, own.flatten().tolist(), 64), "cpu")
             predict_queries(

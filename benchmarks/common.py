@@ -93,6 +93,21 @@ def matmul_flops(dtype: torch.dtype, size: int = 1024, reps: int = 8) -> float:
     return 2.0 * size**3 / statistics.median(times)
 
 
+def sustained_matmul_flops(dtype: torch.dtype, seconds: float = 2.0, size: int = 1024) -> float:
+    """Dense matmul rate in FLOP/s averaged over `seconds` of back-to-back products: on a
+    shared host this is the rate the CPU share of the moment allows, the yardstick a
+    benchmark's own achieved rate is compared with (a few short products would catch an idle
+    instant instead)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2.0 * size**3 * count / elapsed
+
+
 def machine_facts(measure_matmul: bool = True) -> dict[str, Any]:
     """Facts every report carries: CPU, bf16 units, torch, threads, command, load, matmul rate."""
     facts: dict[str, Any] = {
@@ -377,8 +392,8 @@ def run_parent_or_child(
             for name in (*child_args, "seed", "threads"):
                 value = getattr(args, name)
                 flag = f"--{name.replace('_', '-')}"
-                if isinstance(value, bool):
-                    command += [flag] if value else []
+                if isinstance(value, bool):  # an argparse.BooleanOptionalAction
+                    command += [flag if value else f"--no-{flag[2:]}"]
                 else:
                     command += [flag, str(value)]
             row = run_config_process(command, config)
@@ -479,3 +494,21 @@ class SavedActivations:
             "saved MiB by branch": mib(self.by_branch),
             "saved MiB by dtype": mib(self.by_dtype),
         }
+
+
+def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Every LightningModule argument of `model=<model>` but `net` and `optimizer`, composed
+    from the configs (the one source of every default) with Hydra `overrides`
+    (e.g. `model.ice.enabled=true`)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from partial_relevance.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", *(overrides or [])])
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.model.items()
+        if key not in ("_target_", "_recursive_", "net", "optimizer")
+    }

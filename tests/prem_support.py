@@ -10,13 +10,11 @@ import numpy as np
 from partial_relevance.data.rankings import SplitRanking, write_rankings
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.data.vcmr_localizer import VcmrLocalizerDataModule
-from support import TINY_SYNTHETIC
+from support import TINY_SYNTHETIC, TINY_VCMR_DIMS
 
 # Keyword arguments of a tiny PremRetriever / PremLocalizer on the TINY_SYNTHETIC corpus.
 TINY_PREM_NET = {
-    "visual_dim": TINY_SYNTHETIC["vcmr_visual_dim"],
-    "subtitle_dim": TINY_SYNTHETIC["subtitle_dim"],
-    "query_dim": TINY_SYNTHETIC["query_dim"],
+    **TINY_VCMR_DIMS,
     "hidden_dim": 16,
     "num_heads": 2,
     "ffn_dim": 32,

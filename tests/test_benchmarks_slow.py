@@ -18,9 +18,10 @@ pytestmark = pytest.mark.slow
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 CASES = {
+    "bench_layers.py": "--batch 4 --length 16 --reps 1",
     "bench_bigfile.py": "--videos 8 --frames 16 --dim 32 --max-seconds 2",
     "bench_prvr_train.py": "--videos 16 --batch-videos 8 --steps 1 --frames 32 "
-    "--configs base-fp32,full-bf16",
+    "--configs base-fp32,full-bf16-ckpt --recompute-elementwise",
     "bench_prvr_eval.py": "--scale 0.01 --configs fp32,bf16-fp16index",
     "bench_vcmr_inference.py": "--queries 4 --videos 12 --batch 4 --no-cache-queries 2",
 }

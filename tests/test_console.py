@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import warnings
 
+import pytest
 import pytorch_lightning as pl
 
-from partial_relevance import quiet
+from partial_relevance import prem_pipeline, quiet
 from partial_relevance.train import format_metrics, train
 from support import TINY_SYNTHETIC, compose_train_config
 
@@ -74,3 +75,29 @@ def test_console_table_shows_the_localizers_rows():
     # PRVR keeps its plain rows
     lines = format_metrics({"val/R@1": 5.0, "val/SumR": 100.0, "val/R@1_chance": 0.2})
     assert [line.split()[0] for line in lines.splitlines()] == ["split", "val", "val"]
+
+
+@pytest.mark.slow
+def test_prem_pipeline_reports_each_stage(tmp_path, synthetic_cache, caplog):
+    """`make train-prem` on a tiny config: each stage's own results table reaches the console
+    (the localizer's with its VR, VCMR and SVMR rows, not only the chance rows), then the
+    pipeline's tables beside the random localizer."""
+    common = [
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "model.net.hidden_dim=16",
+        "model.net.ffn_dim=32",
+        "data.batch_size=8",
+        f"paths.cache_dir={synthetic_cache}",
+        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+    ]
+    argv = ["--out", str(tmp_path / "pipe"), "--threads", "1"]
+    argv += [a for c in common for a in ("--common", c)]
+    argv += ["--localizer", "model.inference.top_n=20"]
+    with caplog.at_level(logging.INFO, logger="partial_relevance"):
+        assert prem_pipeline.main(argv) == 0
+    assert f"results of {tmp_path / 'pipe' / 'retriever'}" in caplog.text
+    assert f"results of {tmp_path / 'pipe' / 'localizer'}" in caplog.text
+    for row in ("val VR", "val VCMR@0.5", "val SVMR@0.7", "val chance"):
+        assert row in caplog.text, row

@@ -3,10 +3,13 @@ row on its own first stage's rankings (tables: a row's own `retriever`)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from partial_relevance.prem_pipeline import first_stage_experiment
-from partial_relevance.tables import load_table_spec, plan_jobs, retriever_jobs
+from partial_relevance.tables import load_table_spec, plan_jobs, retriever_jobs, row_config
+from support import CONF_DIR
 
 
 @pytest.mark.parametrize("data", ["synthetic", "real"])
@@ -21,6 +24,14 @@ def test_each_row_reads_its_own_first_stage(data, tmp_path):
         assert job.retriever is not None and job.retriever.seed == job.seed
         assert job.overrides == spec.common[data]  # the same localizer config in every row
         by_row.setdefault(job.row.name, set()).add(job.retriever.overrides)
+        assert job.ranking_file is None  # known only once the row's own stage 1 has run
+        stage1 = job.retriever.run_dir
+        stage1.mkdir(parents=True, exist_ok=True)
+        (stage1 / "rankings.h5").write_bytes(b"")
+        artifacts = {"ranking_file": str(stage1 / "rankings.h5")}
+        (stage1 / "metrics.json").write_text(json.dumps({"artifacts": artifacts}))
+        text = row_config(job.overrides, job.key, job.row, CONF_DIR, job.ranking_file)
+        assert str(stage1.parent.resolve()) in text
     assert all(len(v) == 1 for v in by_row.values())
     experiments = [next(iter(v))[0] for v in by_row.values()]
     assert len(set(experiments)) == 4

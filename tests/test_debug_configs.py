@@ -17,7 +17,7 @@ PREM_NET = ["model.net.hidden_dim=16", "model.net.ffn_dim=32"]
     ("choice", "expected"),
     [
         ("fdr", {"fast_dev_run": True}),
-        ("limit", {"max_epochs": 3, "limit_train_batches": 0.1, "limit_val_batches": 0.1}),
+        ("limit", {"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 2}),
         ("overfit", {"max_epochs": 20, "overfit_batches": 3}),
         ("profiler", {"max_epochs": 1, "profiler": "simple"}),
     ],
@@ -72,3 +72,15 @@ def test_debug_fdr_runs_every_task(tmp_path, synthetic_cache):
         )
     )
     assert localizer.metrics_file.is_file() and localizer.artifacts["val/submission"].is_file()
+
+
+@pytest.mark.parametrize("choice", ["limit", "overfit", "profiler"])
+def test_other_debug_choices_run(choice, tmp_path, synthetic_cache):
+    """limit / overfit / profiler run the PRVR task on the tiny corpus (overfit cut to 2
+    epochs); the evaluation corpus is partial under limit, as under fdr."""
+    overrides = [f"debug={choice}", "trainer.enable_progress_bar=false", *TINY]
+    overrides += ["data.batch_size=8", "data.eval_video_batch_size=5", "model.net.hidden_dim=16"]
+    if choice == "overfit":
+        overrides.append("trainer.max_epochs=2")
+    result = train(compose_train_config(overrides, tmp_path / choice, synthetic_cache))
+    assert 0 <= result.metrics["val/SumR"] <= 400 and result.metrics_file.is_file()

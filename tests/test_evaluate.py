@@ -10,7 +10,12 @@ from omegaconf import OmegaConf
 from partial_relevance.data.errors import DataError
 from partial_relevance.evaluate import evaluate
 from partial_relevance.train import train
-from support import TINY_SYNTHETIC, compose_eval_config, compose_train_config
+from support import (
+    TINY_RUN_OVERRIDES,
+    TINY_SYNTHETIC_OVERRIDES,
+    compose_eval_config,
+    compose_train_config,
+)
 
 
 def test_evaluate_reproduces_the_runs_metrics(tmp_path, synthetic_cache):
@@ -18,11 +23,8 @@ def test_evaluate_reproduces_the_runs_metrics(tmp_path, synthetic_cache):
     overrides = [
         "experiment=prvr_synthetic",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+        *TINY_RUN_OVERRIDES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     cfg = compose_train_config(overrides, run, synthetic_cache)
     train(cfg)

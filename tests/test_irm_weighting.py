@@ -15,8 +15,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from lit_support import lit_module
 from partial_relevance.lit.optim import BertAdamW
-from partial_relevance.lit.prvr import DEFAULT_IRM, PrvrLitModule
+from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.losses.prvr import irm_neg_loss, irm_red_loss
 from partial_relevance.models.prvr import PrvrBaseModel
 from partial_relevance.tables import load_table_spec, plan_jobs, write_row_configs
@@ -59,11 +60,6 @@ def test_red_nce_weight_scales_only_the_infonce(weight: float) -> None:
     assert loss.item() == pytest.approx(trip + weight * (t2v + v2t), abs=1e-6)
 
 
-def test_default_is_eq7_lambda2() -> None:
-    # SPEC §3 [decision, revised]: L_neg = triplet + λ₂ InfoNCE, L_red likewise, λ₂ = 0.04.
-    assert DEFAULT_IRM["neg_nce_weight"] == DEFAULT_IRM["red_nce_weight"] == 0.04
-
-
 def test_config_default_and_override(tmp_path) -> None:
     cfg = compose_train_config([], tmp_path / "run", tmp_path)
     assert (cfg.model.irm.neg_nce_weight, cfg.model.irm.red_nce_weight) == (0.04, 0.04)
@@ -81,11 +77,8 @@ def _irm_terms(neg_w: float, red_w: float) -> dict[str, torch.Tensor]:
     """Every loss term of one fixed random batch with IRM on, at the given InfoNCE weights."""
     torch.manual_seed(0)
     net = PrvrBaseModel(video_dim=8, query_dim=6, hidden_dim=8, dropout=0.0)
-    model = PrvrLitModule(
-        net,
-        optimizer=lambda params: BertAdamW(params, lr=1e-3),
-        irm={"enabled": True, "neg_nce_weight": neg_w, "red_nce_weight": red_w},
-    )
+    irm = {"enabled": True, "neg_nce_weight": neg_w, "red_nce_weight": red_w}
+    model = lit_module(PrvrLitModule, "prvr", net, lambda p: BertAdamW(p, lr=1e-3), irm=irm)
     gen = torch.Generator().manual_seed(1)
     b, n = 3, 6
     batch = {

@@ -29,6 +29,7 @@ FIGURES = {
         "prvr_embedding_map.png",
         "prvr_tcp_accuracy.png",
         "prvr_top5.png",
+        "prvr_probes.png",
     ),
     "prem_results": ("prem_word_weights.png",),
 }
@@ -135,3 +136,17 @@ def test_pca_2d_is_deterministic_and_keeps_the_main_axis() -> None:
 def test_markdown_table_formats_numbers_and_gaps() -> None:
     table = markdown_table(["a", "b"], [["x|y", 1.234], [None, float("nan")]], digits=1)
     assert table.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | 1.2 |", "| - | - |"]
+
+
+@pytest.mark.parametrize("name", sorted(FIGURES))
+def test_first_code_cell_holds_the_parameters(name: str) -> None:
+    """The run directory to read is set at the top (papermill's `parameters` tag), None by
+    default (the notebook then trains its small demo); no later cell sets it again."""
+    notebook = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text(encoding="utf-8"))
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"].get("tags", [])
+    names = ("RUN_DIR", "LOCALIZER_RUN_DIR") if name == "prem_results" else ("RUN_DIR",)
+    source = "".join(code[0]["source"])
+    for variable in names:
+        assert f"\n{variable} = None" in source
+        assert not any(f"\n{variable} = " in "\n" + "".join(c["source"]) for c in code[1:])

@@ -62,6 +62,7 @@ def test_wheel_installs_and_trains_outside_the_repo(tmp_path: Path) -> None:
     for config in CONF_DIR.rglob("*.yaml"):
         assert f"partial_relevance/conf/{config.relative_to(CONF_DIR)}" in names, config
     assert "partial_relevance/conf/__init__.py" in names
+    assert "hydra_plugins/partial_relevance_launcher/__init__.py" in names
     for table in (REPO / "experiments").glob("*.yaml"):
         assert f"partial_relevance/experiments/{table.name}" in names, table
 

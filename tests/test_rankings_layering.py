@@ -1,8 +1,8 @@
 """The ranking file lives in the data layer (DESIGN: `data` imports nothing above it).
 
 `data.rankings` holds the reader and writer of the retriever's ranking file that the moment
-localizer's datamodule reads; `inference.ranking` re-exports them (the same objects), and
-`inference.spans` re-exports the adversarial positives the datamodule computes.
+localizer's datamodule reads, and `data.vcmr_localizer` the adversarial positives the
+datamodule computes; each name has that one address (no re-export shims above it).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ def test_data_layer_imports_nothing_above_it() -> None:
     assert not offenders, offenders
 
 
-def test_inference_reexports_the_data_layer_objects() -> None:
+def test_each_data_layer_name_has_one_address() -> None:
     for name in ("SplitRanking", "write_rankings", "read_rankings", "ranking_splits"):
-        assert getattr(inference_ranking, name) is getattr(data_rankings, name)
-    assert inference_ranking.RANKING_FORMAT_VERSION == data_rankings.RANKING_FORMAT_VERSION
-    assert spans.adversarial_span_positives is vcmr_localizer.adversarial_span_positives
+        assert hasattr(data_rankings, name) and not hasattr(inference_ranking, name)
+    assert not hasattr(inference_ranking, "RANKING_FORMAT_VERSION")
+    assert not hasattr(spans, "adversarial_span_positives")
 
 
 def test_ranking_file_round_trip_through_the_data_layer(tmp_path: Path) -> None:

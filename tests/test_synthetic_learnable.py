@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import hydra
@@ -59,7 +60,7 @@ def test_trained_base_model_beats_chance_by_a_wide_margin(trained_run):
 
 def _eval_ranks(lit: PrvrLitModule, dm: PrvrDataModule, precision: str, index_dtype: str):
     """Encode the val split with `lit` at one precision / index dtype -> ranks [Q]."""
-    lit.eval_cfg.update(precision=precision, index_dtype=index_dtype)
+    lit.eval_cfg = dataclasses.replace(lit.eval_cfg, precision=precision, index_dtype=index_dtype)
     lit.on_validation_epoch_start()
     videos, queries = dm.val_dataloader()
     with torch.no_grad():

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -66,8 +67,9 @@ from partial_relevance.inference.vcmr import (
     run_vcmr,
     split_ground_truth,
 )
+from partial_relevance.metrics.retrieval import DEFAULT_KS
 from partial_relevance.metrics.submission import score_submission
-from partial_relevance.metrics.vcmr import DEFAULT_IOUS, DEFAULT_KS, metric_key
+from partial_relevance.metrics.vcmr import DEFAULT_IOUS, metric_key
 from partial_relevance.train import CONFIG_DIR, RunResult, train
 
 __all__ = ["compare_results", "compose_stage", "format_tables", "main", "run_pipeline"]
@@ -311,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     first_stage = parse_choices(args.choices)["first_stage"]
+    # Not a Hydra app: show each stage's own report (train()'s results table, where the run
+    # wrote) on the console; other libraries keep to warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("partial_relevance").setLevel(logging.INFO)
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(_threads(args.threads))
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")

@@ -23,10 +23,11 @@ Stage-wise rows (the PREM localizer tables, SPEC §5): a table file with a `retr
 (overrides per data mode, e.g. `[experiment=prem_retriever_synthetic]`) trains the localizer
 on a retriever run's ranking file. Before the rows' multirun, one retriever job per seed runs
 (its own multirun, same mechanism) in `<root>/_retrievers/<data>/runs/<name>-<hash>/seed<k>`,
-the hash over the retriever overrides and the `--override`s; a finished one (`metrics.json`
-and `rankings.h5` there) is reused, also by every other table with the same retriever config.
-Each row's config then sets `data.ranking_file` to `.../seed${seed}/rankings.h5` (the
-retriever run of the job's own seed), and the row's hash includes the retriever's key, so a
+the hash over the retriever overrides and the `--override`s; a finished one (a `metrics.json`
+whose `"artifacts"` report a `ranking_file` that exists) is reused, also by every other table
+with the same retriever config. Each row's config then sets `data.ranking_file` to the file
+that run reports, its seed directory written `seed${seed}` (the retriever run of the job's
+own seed; never a guessed file name), and the row's hash includes the retriever's key, so a
 localizer trained on another retriever is not taken for it. `--override`s apply to both
 stages, `--retriever-override`s to the retriever stage only. A row may name its own
 `retriever:` (per data mode; a table comparing first stages, e.g. `cross_first_stage`): its

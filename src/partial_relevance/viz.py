@@ -203,7 +203,7 @@ def encode_prvr_split(
 def prvr_scores(module: pl.LightningModule, encoded: Mapping[str, Tensor]) -> Tensor:
     """Inference scores (PRVR Eq. 14) of every query against every video: [Q, V]."""
     index = {k.split("/", 1)[1]: v for k, v in encoded.items() if k.startswith("index/")}
-    alpha = module.eval_cfg["alpha"]
+    alpha = module.eval_cfg.alpha
     with torch.no_grad():
         return module.net.score_queries(encoded["query"], index, alpha)
 

@@ -9,22 +9,13 @@ import pytest
 
 from partial_relevance.data.preprocess import l2_normalize_rows, mean_pool
 from partial_relevance.data.prvr_vcmr import PrvrVcmrDataModule, prvr_clip_features
-from support import TINY_SYNTHETIC
+from support import TINY_VCMR_DIMS, tiny_vcmr_datamodule
 
-DIMS = {
-    "visual_dim": TINY_SYNTHETIC["vcmr_visual_dim"],
-    "subtitle_dim": TINY_SYNTHETIC["subtitle_dim"],
-    "query_dim": TINY_SYNTHETIC["query_dim"],
-}
+DIMS = TINY_VCMR_DIMS
 
 
 def prvr_view(cache: Path, **kwargs) -> PrvrVcmrDataModule:
-    args = {"synthetic": TINY_SYNTHETIC, "cache_dir": str(cache), "batch_size": 4, **DIMS}
-    args.update(kwargs)
-    dm = PrvrVcmrDataModule(**args)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    return tiny_vcmr_datamodule(PrvrVcmrDataModule, cache, **{"batch_size": 4, **kwargs})
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import re
 from pathlib import Path
 
 import h5py
@@ -29,6 +30,41 @@ def _videos(dim: int = 6, lengths: tuple[int, ...] = (5, 1, 9)) -> dict[str, np.
     }
 
 
+def assert_store_holds(store, expected: dict[str, np.ndarray], dim: int, ordered: bool) -> None:
+    """`store` has `expected`'s keys (in its order when `ordered`) at dim `dim`, and gives each
+    back as float32 equal to `expected`'s array."""
+    keys = list(store.keys())
+    assert (keys if ordered else sorted(keys)) == (list(expected) if ordered else sorted(expected))
+    assert store.dim == dim
+    for key, array in expected.items():
+        out = store.get(key)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out, array)
+        assert key in store
+    assert "nope" not in store
+
+
+def assert_store_errors(
+    store_class: type,
+    path: Path,
+    dim: int,
+    wrong_dim: int,
+    key_path: Path,
+    missing_key: str,
+    absent: Path,
+) -> None:
+    """The DataErrors every store gives, each naming its file: `path` (of dim `dim`) opened
+    expecting `wrong_dim`, `missing_key` read from `key_path`, and a path that is `absent`."""
+    expected = f"dim is {dim} but the config expects {wrong_dim}"
+    with pytest.raises(DataError, match=rf"{re.escape(path.name)}.*{expected}"):
+        store_class(path, expected_dim=wrong_dim)
+    missing = rf"{re.escape(key_path.name)}.*key '{missing_key}' not found"
+    with pytest.raises(DataError, match=missing):
+        store_class(key_path).get(missing_key)
+    with pytest.raises(DataError, match=rf"{re.escape(absent.name)}.*not found"):
+        store_class(absent)
+
+
 # ------------------------------------------------------------------ BigFile (MS-SL)
 
 
@@ -37,22 +73,13 @@ def test_bigfile_roundtrip(tmp_path: Path) -> None:
     write_bigfile(tmp_path / "i3d", videos)
     store = open_store("bigfile", tmp_path / "i3d", expected_dim=6)
     assert isinstance(store, BigFileStore)
-    assert list(store.keys()) == list(videos) and store.dim == 6
-    for key, array in videos.items():
-        out = store.get(key)
-        assert out.dtype == np.float32
-        np.testing.assert_array_equal(out, array)
-    assert "vid_0" in store and "nope" not in store
+    assert_store_holds(store, videos, 6, ordered=True)
 
 
 def test_bigfile_bad_input(tmp_path: Path) -> None:
     write_bigfile(tmp_path / "feat", _videos())
-    with pytest.raises(DataError, match=r"feat.*dim is 6 but the config expects 8"):
-        BigFileStore(tmp_path / "feat", expected_dim=8)
-    with pytest.raises(DataError, match=r"feat.*key 'nope' not found"):
-        BigFileStore(tmp_path / "feat").get("nope")
-    with pytest.raises(DataError, match=r"missing_dir.*not found"):
-        BigFileStore(tmp_path / "missing_dir")
+    feat = tmp_path / "feat"
+    assert_store_errors(BigFileStore, feat, 6, 8, feat, "nope", tmp_path / "missing_dir")
     bin_path = tmp_path / "feat" / "feature.bin"
     bin_path.write_bytes(bin_path.read_bytes()[:-4])  # one float short
     with pytest.raises(DataError, match=r"feature\.bin.*truncated"):
@@ -105,12 +132,8 @@ def test_hdf5_xml_layout(tmp_path: Path) -> None:
 
 def test_hdf5_bad_input(tmp_path: Path) -> None:
     _write_xml_files(tmp_path)
-    with pytest.raises(DataError, match=r"video\.h5.*dim is 8 but the config expects 3072"):
-        Hdf5Store(tmp_path / "video.h5", expected_dim=3072)
-    with pytest.raises(DataError, match=r"query\.h5.*key '1' not found"):
-        Hdf5Store(tmp_path / "query.h5").get("1")
-    with pytest.raises(DataError, match=r"absent\.h5.*not found"):
-        Hdf5Store(tmp_path / "absent.h5")
+    video, query, absent = (tmp_path / f"{name}.h5" for name in ("video", "query", "absent"))
+    assert_store_errors(Hdf5Store, video, 8, 3072, query, "1", absent)
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(DataError, match=r"junk\.h5.*cannot be opened"):
         Hdf5Store(tmp_path / "junk.h5")
@@ -134,12 +157,8 @@ def test_lmdb_encodings(tmp_path: Path, encoding: str, dtype: type) -> None:
     write_lmdb(tmp_path / "db", videos, encoding=encoding, dtype=dtype)
     store = open_store("lmdb", tmp_path / "db", expected_dim=10)
     assert isinstance(store, LmdbStore)
-    assert sorted(store.keys()) == sorted(videos) and store.dim == 10
-    for key, array in videos.items():
-        out = store.get(key)
-        assert out.dtype == np.float32
-        np.testing.assert_array_equal(out, array.astype(dtype).astype(np.float32))
-    assert "vid_2" in store and "nope" not in store
+    stored = {key: array.astype(dtype).astype(np.float32) for key, array in videos.items()}
+    assert_store_holds(store, stored, 10, ordered=False)
 
 
 def test_lmdb_mixed_encodings_detected_per_value(tmp_path: Path) -> None:

@@ -20,22 +20,13 @@ from partial_relevance.data.vcmr import (
     collate_retriever_batch,
 )
 from partial_relevance.losses.prem import in_batch_negative_mask
-from support import TINY_SYNTHETIC
+from support import TINY_SYNTHETIC, TINY_VCMR_DIMS, tiny_vcmr_datamodule
 
-DIMS = {
-    "visual_dim": TINY_SYNTHETIC["vcmr_visual_dim"],
-    "subtitle_dim": TINY_SYNTHETIC["subtitle_dim"],
-    "query_dim": TINY_SYNTHETIC["query_dim"],
-}
+DIMS = TINY_VCMR_DIMS
 
 
 def tiny_datamodule(cache: Path, **kwargs) -> VcmrRetrieverDataModule:
-    args = {"synthetic": TINY_SYNTHETIC, "cache_dir": str(cache), "batch_size": 8, **DIMS}
-    args.update(kwargs)
-    dm = VcmrRetrieverDataModule(**args)
-    dm.prepare_data()
-    dm.setup()
-    return dm
+    return tiny_vcmr_datamodule(VcmrRetrieverDataModule, cache, **{"batch_size": 8, **kwargs})
 
 
 @pytest.fixture(scope="module")

@@ -190,17 +190,14 @@ def test_prvr_caption_without_features_names_caption_file(corpus_copy):
 def test_prvr_nan_training_video_stops_train(corpus_copy, tmp_path, synthetic_cache):
     """End to end (issue #18, 1.): NaN frames gave R@1 100 with exit 0; now a DataError."""
     from partial_relevance.train import train
-    from support import compose_train_config
+    from support import TINY_RUN_OVERRIDES, compose_train_config
 
     feature_dir, _, _ = prvr_paths(corpus_copy)
     bigfile_set(feature_dir, "train_video_00002", slice(0, 5), np.nan)
     overrides = [
         "experiment=prvr_synthetic",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
+        *TINY_RUN_OVERRIDES,
         "data.synthetic=null",
         f"data.root={corpus_copy / 'prvr'}",
         "data.video_dim=32",

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import TINY_SYNTHETIC
+from support import TINY_SYNTHETIC_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def train_args(log_dir: Path, cache: Path, name: str, *extra: str) -> list[str]:
         "trainer.enable_progress_bar=false",
         "data.batch_size=8",
         "model.net.hidden_dim=16",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+        *TINY_SYNTHETIC_OVERRIDES,
         f"paths.log_dir={log_dir}",
         f"paths.cache_dir={cache}",
         f"run_name={name}",

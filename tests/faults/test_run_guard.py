@@ -15,18 +15,20 @@ from partial_relevance import run_dir
 from partial_relevance.cli import ConfigError, check_config_types, one_line_errors
 from partial_relevance.data.errors import DataError
 from partial_relevance.train import resume_checkpoint, train
-from support import CONF_DIR, TINY_SYNTHETIC, compose_train_config
+from support import (
+    CONF_DIR,
+    TINY_RUN_OVERRIDES,
+    TINY_SYNTHETIC_OVERRIDES,
+    compose_train_config,
+)
 
 
 def tiny(*extra: str) -> list[str]:
     return [
         "experiment=prvr_synthetic",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+        *TINY_RUN_OVERRIDES,
+        *TINY_SYNTHETIC_OVERRIDES,
         *extra,
     ]
 

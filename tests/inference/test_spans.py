@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from partial_relevance.data.vcmr_localizer import adversarial_span_positives
 from partial_relevance.inference.spans import (
-    adversarial_span_positives,
     decode_top_spans,
     decode_top_spans_batch,
     enumerate_spans,
@@ -199,3 +199,14 @@ def test_decode_zero_length_spans_after_clipping_do_not_suppress() -> None:
     np.testing.assert_allclose(out, [[1, 2.5, 2.5, 2.0], [1, 2.5, 2.5, 1.0], [1, 0.0, 2.5, 0.5]])
     keep = nms_spans(out[:, 1:3], out[:, 3], 0.7)
     np.testing.assert_array_equal(keep, [0, 1, 2])
+
+
+def test_a_nan_span_score_is_the_worst_never_listed_first():
+    # Issue #18: torch.topk puts NaN first; a non-finite span score ranks last, marks no span.
+    log_p = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    log_p_nan = log_p.clone()
+    log_p_nan[0, 0] = float("nan")  # every span starting at clip 0 scores NaN
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    spans, valid = top_spans(log_p_nan, log_p, mask, 1, 3, top_n=3)
+    assert valid[0].all()  # the three spans starting at clips 1 and 2, not the NaN ones
+    assert spans[0][valid[0]][:, 0].min() >= 1

@@ -24,7 +24,7 @@ from partial_relevance.metrics.submission import ground_truth_from_tvr_jsonl, sc
 from partial_relevance.models.prem_localizer import PremLocalizer
 from partial_relevance.prem_pipeline import run_pipeline
 from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
-from support import TINY_SYNTHETIC
+from support import TINY_RUN_OVERRIDES, TINY_SYNTHETIC_OVERRIDES
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +133,12 @@ def test_predictions_shapes_and_random_baseline(datamodule):
 
 
 def test_pipeline_in_process_round_trips(tmp_path, synthetic_cache, tiny_corpus):
-    sizes = [f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
     common = [
         "logger=csv",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
         f"paths.cache_dir={synthetic_cache}",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
+        *TINY_RUN_OVERRIDES,
         "model.net.ffn_dim=32",
-        *sizes,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core CI box: oversubscribed threads are far slower

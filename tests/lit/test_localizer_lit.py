@@ -4,10 +4,12 @@ test of the first localizer losses on a seeded tiny config (torchtune style)."""
 from __future__ import annotations
 
 import functools
+from itertools import islice
 
 import pytest
 import torch
 
+from lit_support import golden_losses, lit_module
 from partial_relevance.lit.localizer import PremLocalizerLitModule
 from partial_relevance.models.prem_localizer import PremLocalizer
 from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
@@ -23,7 +25,7 @@ def make_module(seed: int = 0, **kwargs) -> PremLocalizerLitModule:
     torch.manual_seed(seed)
     net = PremLocalizer(**TINY_PREM_NET)
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
-    return PremLocalizerLitModule(net, optimizer, **kwargs)
+    return lit_module(PremLocalizerLitModule, "prem_localizer", net, optimizer, **kwargs)
 
 
 def first_batch(dm, seed: int = 0) -> dict:
@@ -74,15 +76,8 @@ def _first_losses(datamodule, steps: int = 3) -> list[list[float]]:
     module = make_module(seed=0)
     optimizer = module.configure_optimizers()
     torch.manual_seed(1)
-    loader = iter(datamodule.train_dataloader())
-    out = []
-    for _ in range(steps):
-        terms = module.training_losses(next(loader))
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        out.append([float(terms[k].detach()) for k in ("L_loc", "L_adv", "loss")])
-    return out
+    batches = islice(datamodule.train_dataloader(), steps)
+    return golden_losses(module, optimizer, batches, ("L_loc", "L_adv", "loss"))
 
 
 # Computed once with this file's seeded tiny config (hidden 16, 3 negatives, batch 4, the

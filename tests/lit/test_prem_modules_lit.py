@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from lit_support import lit_module
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.lit.retriever import PremRetrieverLitModule
 from partial_relevance.models.prem_retriever import PremRetriever
@@ -36,7 +37,8 @@ def module(**switches) -> PremRetrieverLitModule:
     irm = bool(switches.get("irm", {}).get("enabled"))
     tcp = bool(switches.get("tcp", {}).get("enabled"))
     net = PremRetriever(**TINY_PREM_NET, irm=irm, tcp=tcp)
-    return PremRetrieverLitModule(net, partial(torch.optim.AdamW, lr=1e-3), **switches)
+    optimizer = partial(torch.optim.AdamW, lr=1e-3)
+    return lit_module(PremRetrieverLitModule, "prem_retriever", net, optimizer, **switches)
 
 
 @pytest.mark.parametrize(
@@ -71,11 +73,11 @@ def test_each_switch_adds_its_weighted_term_to_the_unchanged_loss(batch, name, t
 
 
 def test_a_module_needs_its_head_in_the_net():
-    net = PremRetriever(**TINY_PREM_NET)
+    net, adamw = PremRetriever(**TINY_PREM_NET), partial(torch.optim.AdamW)
     with pytest.raises(ValueError, match="model.net.irm"):
-        PremRetrieverLitModule(net, partial(torch.optim.AdamW), irm={"enabled": True})
+        lit_module(PremRetrieverLitModule, "prem_retriever", net, adamw, irm={"enabled": True})
     with pytest.raises(ValueError, match="unknown keys"):
-        PremRetrieverLitModule(net, partial(torch.optim.AdamW), tcp={"shuffle": 1})
+        lit_module(PremRetrieverLitModule, "prem_retriever", net, adamw, tcp={"shuffle": 1})
 
 
 def test_the_modules_experiment_composes_with_the_papers_weights(tmp_path):

@@ -13,16 +13,20 @@ import numpy as np
 import pytest
 import torch
 
+from lit_support import lit_module
 from partial_relevance.data.prvr_vcmr import PrvrVcmrDataModule
-from partial_relevance.inference.ranking import ranking_splits, read_rankings
+from partial_relevance.data.rankings import ranking_splits, read_rankings
 from partial_relevance.lit.prvr_first_stage import PrvrFirstStageLitModule
 from partial_relevance.models.prvr import MsslBaseModel, PrvrBaseModel
 from partial_relevance.prem_pipeline import first_stage_experiment, main, parse_choices
 from partial_relevance.train import train
 from prem_support import tiny_localizer_datamodule
-from support import TINY_SYNTHETIC, compose_train_config
-
-TINY_SIZES = [f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()]
+from support import (
+    TINY_RUN_OVERRIDES,
+    TINY_SYNTHETIC,
+    TINY_SYNTHETIC_OVERRIDES,
+    compose_train_config,
+)
 
 
 def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cache, tiny_corpus):
@@ -30,11 +34,8 @@ def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cac
     overrides = [
         "experiment=prvr_vcmr_synthetic_small",
         "logger=none",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
-        *TINY_SIZES,
+        *TINY_RUN_OVERRIDES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     cfg = compose_train_config(overrides, out, synthetic_cache)
     assert cfg.model._target_.endswith("PrvrFirstStageLitModule") and cfg.monitor == "val/SumR"
@@ -80,7 +81,13 @@ def test_every_base_exports_the_ranking_of_its_inference_score(base, tmp_path, s
         num_moments=4,
         max_frames=50,
     )
-    module = PrvrFirstStageLitModule(net, partial(torch.optim.Adam), ranking={"k": 5})
+    module = lit_module(
+        PrvrFirstStageLitModule,
+        "prvr_first_stage",
+        net,
+        partial(torch.optim.Adam),
+        ranking={"k": 5},
+    )
     trainer = SimpleNamespace(
         is_global_zero=True, strategy=SimpleNamespace(root_device=torch.device("cpu"))
     )
@@ -118,13 +125,10 @@ def test_train_prem_with_the_prvr_first_stage_end_to_end(tmp_path, synthetic_cac
     trains on its rankings, the tables print, the submission round-trips."""
     common = [
         "logger=csv",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
         f"paths.cache_dir={synthetic_cache}",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
+        *TINY_RUN_OVERRIDES,
         "run_test=false",
-        *TINY_SIZES,
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     argv = ["first_stage=prvr", "--out", str(tmp_path / "pipe"), "--threads", "1"]
     argv += [a for c in common for a in ("--common", c)]

@@ -12,23 +12,23 @@ import numpy as np
 import pytest
 import torch
 
+from lit_support import golden_losses, lit_module
 from partial_relevance.data.errors import DataError
-from partial_relevance.data.vcmr import VcmrRetrieverDataModule, collate_vcmr_videos
-from partial_relevance.inference.ranking import (
+from partial_relevance.data.rankings import (
     SplitRanking,
-    rank_corpus,
     ranking_splits,
     read_rankings,
     write_rankings,
 )
-from partial_relevance.lit.retriever import (
-    PremRetrieverLitModule,
-    gather_video_encodings,
+from partial_relevance.data.vcmr import VcmrRetrieverDataModule, collate_vcmr_videos
+from partial_relevance.inference.ranking import rank_corpus
+from partial_relevance.lit.retriever import PremRetrieverLitModule, gather_video_encodings
+from partial_relevance.metrics.vcmr import GroundTruth, vr_metrics, vr_recall
+from partial_relevance.models.prem_retriever import (
+    PremRetriever,
+    index_encoding,
     restricted_pair_score,
-    vr_metrics,
 )
-from partial_relevance.metrics.vcmr import GroundTruth, vr_recall
-from partial_relevance.models.prem_retriever import PremRetriever, index_encoding
 from partial_relevance.train import train
 from prem_support import TINY_PREM_NET
 from support import TINY_SYNTHETIC, compose_train_config
@@ -60,21 +60,15 @@ def tiny_module(seed: int = 0, **kwargs) -> PremRetrieverLitModule:
     torch.manual_seed(seed)
     net = PremRetriever(**TINY_PREM_NET)
     optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
-    return PremRetrieverLitModule(net, optimizer, **kwargs)
+    return lit_module(PremRetrieverLitModule, "prem_retriever", net, optimizer, **kwargs)
 
 
 def golden_run(dm: VcmrRetrieverDataModule, steps: int = 3) -> list[float]:
     module = tiny_module()
     optimizer = module.configure_optimizers()
     torch.manual_seed(1)  # the loader's shuffle
-    losses = []
-    for batch in islice(dm.train_dataloader(), steps):
-        terms = module.training_losses(batch)
-        optimizer.zero_grad()
-        terms["loss"].backward()
-        optimizer.step()
-        losses.append(terms["loss"].item())
-    return losses
+    losses = golden_losses(module, optimizer, islice(dm.train_dataloader(), steps))
+    return [step[0] for step in losses]
 
 
 def test_golden_first_three_training_losses(dm):
@@ -126,10 +120,10 @@ def test_restricted_positive_keeps_the_subtitle_term_of_a_subtitled_video():
     }
     moment = torch.tensor([[True, False, False]])  # clip 0: no subtitle
     # vis max over clip 0 = 1; sub max over the video = clip 1 -> 1.
-    assert restricted_pair_score(net, q, pairs, moment).item() == pytest.approx(1.0)
+    assert restricted_pair_score(net, q, pairs, moment, "video").item() == pytest.approx(1.0)
     assert restricted_pair_score(net, q, pairs, moment, "drop").item() == pytest.approx(1.0)
     q["sub"] = torch.tensor([[1.0, -1.0]])  # sub cos with clip 1: -1/√2
-    video = restricted_pair_score(net, q, pairs, moment).item()
+    video = restricted_pair_score(net, q, pairs, moment, "video").item()
     assert video == pytest.approx(0.5 * (1.0 - 2**-0.5))
     assert restricted_pair_score(net, q, pairs, moment, "drop").item() == pytest.approx(1.0)
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from partial_relevance.models.layers import TransformerLayer
+from partial_relevance.models.layers import (
+    Dropout,
+    FeatureProjection,
+    TransformerLayer,
+    set_recompute_elementwise,
+)
 
 
 def _reference(layer: TransformerLayer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,3 +50,56 @@ def test_state_dict_keeps_multihead_attention_keys() -> None:
     assert {"attention.in_proj_weight", "attention.in_proj_bias"} <= keys
     assert {"attention.out_proj.weight", "attention.out_proj.bias"} <= keys
     assert isinstance(layer.attention, nn.MultiheadAttention)
+
+
+@pytest.mark.parametrize("module", ["layer", "projection"])
+def test_recompute_elementwise_changes_no_number(module: str) -> None:
+    """Keeping only the matmul outputs (elementwise work recomputed in backward, dropout masks
+    replayed) gives the same outputs and gradients as keeping everything, with dropout on."""
+    torch.manual_seed(0)
+    if module == "layer":
+        net: nn.Module = TransformerLayer(16, num_heads=4, dropout=0.2)
+        mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+        inputs = (torch.randn(3, 7, 16), mask)
+    else:
+        net = FeatureProjection(24, 16, dropout=0.2)
+        inputs = (torch.randn(3, 7, 24),)
+    net.train()
+
+    def run(enabled: bool) -> list[torch.Tensor]:
+        set_recompute_elementwise(net, enabled)
+        x = inputs[0].clone().requires_grad_()
+        torch.manual_seed(1)
+        out = net(x, *inputs[1:])
+        weights = torch.linspace(-1, 1, 16)
+        return [out.detach(), *torch.autograd.grad((out * weights).sum(), [x, *net.parameters()])]
+
+    for a, b in zip(run(False), run(True), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dropout_keeps_one_minus_p_and_saves_a_bool_mask() -> None:
+    """The layers' Dropout: P(keep) = 1 - p, kept values scaled by 1/(1-p), the gradient is
+    the same mask and scale, only a bool mask is saved for backward, eval is the identity."""
+    torch.manual_seed(0)
+    dropout = Dropout(0.15).train()
+    x = torch.ones(400, 1000, requires_grad=True)
+    saved: list[torch.dtype] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = dropout(x)
+    keep = y != 0
+    assert abs(keep.float().mean().item() - 0.85) < 0.005  # 400k draws: σ ≈ 0.0006
+    torch.testing.assert_close(y[keep], torch.full_like(y[keep], 1 / 0.85))
+    (grad,) = torch.autograd.grad(y, x, torch.full_like(y, 2.0))
+    torch.testing.assert_close(grad, keep.float() * 2 / 0.85)
+    assert saved == [torch.bool]
+    torch.manual_seed(3)
+    first = dropout(x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), first)  # seeded like every torch RNG op
+    assert dropout.eval()(x) is x and Dropout(0.0).train()(x) is x

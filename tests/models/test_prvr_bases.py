@@ -2,11 +2,12 @@
 
 For each base: interface shapes, `score_queries` against a naive per-query computation,
 padding invariance, one training step with ICE/IRM/TCP whose gradients reach the encoders
-through every module term, and golden first losses on the seeded tiny corpus.
+through every module term (golden first losses: tests/lit/test_prvr_lit.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from partial_relevance.data.prvr import PrvrDataModule
+from lit_support import lit_module
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import (
@@ -246,13 +247,10 @@ def test_gmmformer_modes_run(mode):
 
 
 def full_module(net) -> PrvrLitModule:
-    return PrvrLitModule(
-        net,
-        optimizer=lambda params: BertAdamW(params, lr=1e-3),
-        ice={"enabled": True, "threshold": None},
-        irm={"enabled": True},
-        tcp={"enabled": True},
-    )
+    modules = {"irm": {"enabled": True}, "tcp": {"enabled": True}}
+    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    ice = {"enabled": True, "threshold": None}
+    return lit_module(PrvrLitModule, "prvr", net, optimizer, ice=ice, **modules)
 
 
 def _grad_norms(net, names):
@@ -299,53 +297,6 @@ def test_every_module_term_reaches_the_encoders(name):
     before = model.net.clip_projection.linear.weight.detach().clone()
     BertAdamW(model.parameters(), lr=1e-3).step()
     assert not torch.equal(before, model.net.clip_projection.linear.weight)
-
-
-# ------------------------------------------------------------------------ golden losses
-
-# First three training losses of each base on the seeded tiny corpus (as
-# tests/models/test_prvr_model.py), base-only and with all three modules (ICE β_t = none; the
-# modules' InfoNCE weighted by λ₂ = 0.04, SPEC §3 revised).
-GOLDEN = {
-    ("mssl", False): [1.1191538572311401, 1.116936206817627, 1.161738634109497],
-    ("mssl", True): [11.038225173950195, 10.895828247070312, 10.733202934265137],
-    ("gmmformer", False): [1.177230715751648, 1.0702934265136719, 1.0506645441055298],
-    ("gmmformer", True): [10.73122787475586, 10.453069686889648, 10.610052108764648],
-}
-
-
-def _first_losses(tiny_corpus, name: str, full: bool) -> list[float]:
-    dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), video_dim=32, query_dim=16, batch_size=8)
-    dm.setup("fit")
-    torch.manual_seed(0)
-    batches = []
-    for batch in dm.train_dataloader():
-        batches.append(batch)
-        if len(batches) == 3:
-            break
-    modules = {"enabled": full}
-    model = PrvrLitModule(
-        tiny_net(name),
-        optimizer=lambda params: BertAdamW(params, lr=1e-3),
-        ice={"enabled": full, "threshold": None},
-        irm=modules,
-        tcp=modules,
-    )
-    optimizer = BertAdamW(model.parameters(), lr=1e-3)
-    torch.manual_seed(0)
-    losses = []
-    for batch in batches:
-        loss = model.training_losses(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
-@pytest.mark.parametrize(("name", "full"), sorted(GOLDEN))
-def test_golden_first_three_losses(tiny_corpus, name, full):
-    assert _first_losses(tiny_corpus, name, full) == pytest.approx(GOLDEN[name, full], abs=1e-4)
 
 
 # ------------------------------------------------------------------------ configs

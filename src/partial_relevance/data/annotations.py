@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.errors import DataError, load_json, require_exists
 from partial_relevance.data.preprocess import CLIP_SECONDS
 
 
@@ -257,10 +257,7 @@ def read_video2dur_idx(path: str | Path) -> dict[str, dict[str, tuple[float, int
     numbers every video of all splits together (unique across the file).
     """
     path = require_exists(path, "TVR video2dur_idx file")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"malformed JSON (line {error.lineno}: {error.msg})") from None
+    raw = load_json(path)
     if not isinstance(raw, dict):
         raise DataError(path, "expected {split: {vid_name: [duration, global_idx]}}")
     out: dict[str, dict[str, tuple[float, int]]] = {}
@@ -309,10 +306,7 @@ def read_didemo_raw(path: str | Path, durations: dict[str, float] | None) -> lis
     with them, a video absent from `durations` is an error.
     """
     path = require_exists(path, "DiDeMo annotation file")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"malformed JSON (line {error.lineno}: {error.msg})") from None
+    raw = load_json(path)
     if not isinstance(raw, list):
         raise DataError(path, f"expected a list of annotations, found {type(raw).__name__}")
     queries: list[Query] = []

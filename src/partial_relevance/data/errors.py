@@ -1,8 +1,13 @@
-"""The one error type the data layer raises for bad input: it always names the file and key."""
+"""The one error type the data layer raises for bad input: it always names the file and key.
+
+Also the two file checks every reader starts with (`require_exists`, `load_json`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -28,3 +33,12 @@ def require_exists(path: str | Path, what: str) -> Path:
     if not path.exists():
         raise DataError(path, f"{what} not found")
     return path
+
+
+def load_json(path: Path) -> Any:
+    """The JSON value of a whole file, or a DataError naming the file and the line of the
+    syntax error (the caller checks the value's layout)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"malformed JSON (line {error.lineno}: {error.msg})") from None

@@ -18,7 +18,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from partial_relevance.data.annotations import Query, read_caption_file, videos_in_order
-from partial_relevance.data.collate import pad_sequences
+from partial_relevance.data.collate import (
+    SplitQueryDataset,
+    SplitVideoDataset,
+    eval_loaders,
+    make_loader,
+    pad_sequences,
+)
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import prvr_query_input, prvr_video_inputs
 from partial_relevance.data.stores import open_store, require_nonempty
@@ -119,24 +125,19 @@ class PrvrCorpus:
         return prvr_query_input(self.query_store.get(query_id), self.max_words)
 
 
-class PrvrTrainDataset(Dataset):
+class PrvrTrainDataset(SplitVideoDataset):
     """Item = one video with every one of its queries."""
-
-    def __init__(self, corpus: PrvrCorpus, split: PrvrSplit) -> None:
-        self.corpus = corpus
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split.video_ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
-        query_ids = [self.split.queries[q].query_id for q in self.split.queries_of_video[index]]
+        positions = list(self.split.queries_of_video[index])
+        query_ids = [self.split.queries[q].query_id for q in positions]
         return {
             "video_index": index,
             "moments": moments,
             "frames": frames,
             "queries": [self.corpus.query_input(q) for q in query_ids],
+            "query_index": positions,
         }
 
 
@@ -151,43 +152,23 @@ def length_order(lengths: list[int | None]) -> list[int] | None:
     return sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))  # type: ignore[arg-type]
 
 
-class PrvrVideoDataset(Dataset):
+class PrvrVideoDataset(SplitVideoDataset):
     """Evaluation side: every video of a split, once, in `order` (default: split order).
 
     Items carry their split position as `video_index`, so consumers never depend on order.
     """
 
-    def __init__(
-        self, corpus: PrvrCorpus, split: PrvrSplit, order: list[int] | None = None
-    ) -> None:
-        self.corpus = corpus
-        self.split = split
-        self.order = order
-
-    def __len__(self) -> int:
-        return len(self.split.video_ids)
-
     def __getitem__(self, position: int) -> dict[str, Any]:
-        index = position if self.order is None else self.order[position]
+        index = self.split_index(position)
         moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
         return {"video_index": index, "moments": moments, "frames": frames, "queries": []}
 
 
-class PrvrQueryDataset(Dataset):
+class PrvrQueryDataset(SplitQueryDataset):
     """Evaluation side: every query of a split, with its GT video index, in `order`."""
 
-    def __init__(
-        self, corpus: PrvrCorpus, split: PrvrSplit, order: list[int] | None = None
-    ) -> None:
-        self.corpus = corpus
-        self.split = split
-        self.order = order
-
-    def __len__(self) -> int:
-        return len(self.split.queries)
-
     def __getitem__(self, position: int) -> dict[str, Any]:
-        index = position if self.order is None else self.order[position]
+        index = self.split_index(position)
         return {
             "query_index": index,
             "video_index": int(self.split.query_video[index]),
@@ -199,7 +180,8 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     """Videos (and, in training, their queries) -> padded tensors.
 
     moments [b, 32, D], frames [b, Tf, D], frame_mask [b, Tf]; when the items carry queries:
-    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch).
+    query_tokens [n, N, Dq], query_mask [n, N], query_video [n] (index into the batch) and,
+    in training, query_index [n] (each query's position in its split).
     """
     frames, frame_mask = pad_sequences([it["frames"] for it in items])
     batch = {
@@ -214,6 +196,10 @@ def collate_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch["query_video"] = torch.tensor(
             [b for b, it in enumerate(items) for _ in it["queries"]], dtype=torch.long
         )
+        if all("query_index" in it for it in items):  # training items: the queries' split ids
+            batch["query_index"] = torch.tensor(
+                [q for it in items for q in it["query_index"]], dtype=torch.long
+            )
     return batch
 
 
@@ -337,15 +323,7 @@ class PrvrDataModule(pl.LightningDataModule):
             self.splits["test"] = self.corpus.load_split(self.split_names["test"])
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host->GPU copies
-        )
+        return make_loader(dataset, batch_size, shuffle, collate, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         assert self.corpus is not None
@@ -359,20 +337,16 @@ class PrvrDataModule(pl.LightningDataModule):
             raise DataError(self.corpus.caption_path(self.split_names[split]), "split not found")
         data = self.splits[split]
         video_order, query_order = self.eval_orders(split)
-        return [
-            self._loader(
-                PrvrVideoDataset(self.corpus, data, video_order),
-                self.eval_video_batch_size,
-                False,
-                collate_videos,
-            ),
-            self._loader(
-                PrvrQueryDataset(self.corpus, data, query_order),
-                self.eval_batch_size,
-                False,
-                collate_queries,
-            ),
-        ]
+        loaders = eval_loaders(
+            PrvrVideoDataset(self.corpus, data, video_order),
+            PrvrQueryDataset(self.corpus, data, query_order),
+            video_batch_size=self.eval_video_batch_size,
+            query_batch_size=self.eval_batch_size,
+            collate_videos=collate_videos,
+            collate_queries=collate_queries,
+            num_workers=self.num_workers,
+        )
+        return list(loaders)
 
     def eval_orders(self, split: str) -> tuple[list[int] | None, list[int] | None]:
         """Video and query orders of a split's evaluation loaders: longest first when

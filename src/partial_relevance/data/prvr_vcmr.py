@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from partial_relevance.data.collate import SplitDataset, SplitVideoDataset, eval_loaders
 from partial_relevance.data.errors import DataError
 from partial_relevance.data.preprocess import prvr_video_inputs
 from partial_relevance.data.prvr import collate_queries, collate_videos
 from partial_relevance.data.vcmr import (
-    QUERY_TYPE_CODES,
     VcmrCorpus,
+    VcmrQueryDataset,
     VcmrRetrieverDataModule,
     VcmrSplit,
 )
@@ -46,17 +47,22 @@ from partial_relevance.data.vcmr import (
 SUBTITLE_MODES = ("ignore", "concat")
 
 
+def check_subtitle_mode(mode: str, name: str = "subtitle_mode") -> str:
+    """`mode` if it is one of `SUBTITLE_MODES`, else a ValueError naming `name`."""
+    if mode not in SUBTITLE_MODES:
+        raise ValueError(f"{name} must be one of {SUBTITLE_MODES}, got {mode!r}")
+    return mode
+
+
 def prvr_clip_features(
     visual: np.ndarray, subtitle: np.ndarray, sub_mask: np.ndarray, mode: str = "ignore"
 ) -> np.ndarray:
     """The per-clip feature the PRVR branches read: `[L, Dv]` (`ignore`) or `[L, Dv + Ds]`
     (`concat`: the subtitle half zeroed where the clip has no subtitle)."""
-    if mode == "ignore":
+    if check_subtitle_mode(mode) == "ignore":
         return visual
-    if mode == "concat":
-        sub = subtitle * (np.asarray(sub_mask)[:, None] > 0)
-        return np.concatenate([visual, sub.astype(visual.dtype)], axis=1)
-    raise ValueError(f"subtitle_mode must be one of {SUBTITLE_MODES}, got {mode!r}")
+    sub = subtitle * (np.asarray(sub_mask)[:, None] > 0)
+    return np.concatenate([visual, sub.astype(visual.dtype)], axis=1)
 
 
 class PrvrVcmrView:
@@ -70,12 +76,8 @@ class PrvrVcmrView:
         num_moments: int = 32,
         max_frames: int = 128,
     ) -> None:
-        if subtitle_mode not in SUBTITLE_MODES:
-            raise ValueError(
-                f"subtitle_mode must be one of {SUBTITLE_MODES}, got {subtitle_mode!r}"
-            )
         self.corpus = corpus
-        self.subtitle_mode = subtitle_mode
+        self.subtitle_mode = check_subtitle_mode(subtitle_mode)
         self.num_moments = num_moments
         self.max_frames = max_frames
 
@@ -94,12 +96,12 @@ class PrvrVcmrView:
         return self.corpus.query_input(query_id)
 
 
-class PrvrVcmrTrainDataset(Dataset):
-    """Item = one video of the split with every one of its labelled queries (SPEC §3)."""
+class PrvrVcmrTrainDataset(SplitDataset):
+    """Item = one video of the split with every one of its labelled queries (SPEC §3), read
+    through a `PrvrVcmrView`."""
 
     def __init__(self, view: PrvrVcmrView, split: VcmrSplit) -> None:
-        self.view = view
-        self.split = split
+        super().__init__(view, split)
         queries_of_video: dict[int, list[int]] = {}
         for qi, vi in enumerate(split.query_video):
             if vi >= 0:
@@ -114,52 +116,32 @@ class PrvrVcmrTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         vi = self.videos[index]
-        moments, frames = self.view.video_inputs(self.split.video_ids[vi])
+        moments, frames = self.corpus.video_inputs(self.split.video_ids[vi])
         queries = self.split.queries
         return {
             "video_index": vi,
             "moments": moments,
             "frames": frames,
             "queries": [
-                self.view.query_input(queries[q].query_id) for q in self.queries_of_video[vi]
+                self.corpus.query_input(queries[q].query_id) for q in self.queries_of_video[vi]
             ],
             "query_index": list(self.queries_of_video[vi]),
         }
 
 
-class PrvrVcmrVideoDataset(Dataset):
-    """Evaluation side: every video of a split once (with or without queries), split order."""
-
-    def __init__(self, view: PrvrVcmrView, split: VcmrSplit) -> None:
-        self.view = view
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.split.num_videos
+class PrvrVcmrVideoDataset(SplitVideoDataset):
+    """Evaluation side: every video of a split once (with or without queries), split order,
+    read through a `PrvrVcmrView` (`PrvrVcmrVideoDataset(view, split)`)."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        moments, frames = self.view.video_inputs(self.split.video_ids[index])
+        moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
         return {"video_index": index, "moments": moments, "frames": frames, "queries": []}
 
 
-class PrvrVcmrQueryDataset(Dataset):
-    """Evaluation side: every query of a split with its GT video (−1 unlabelled) and type."""
-
-    def __init__(self, view: PrvrVcmrView, split: VcmrSplit) -> None:
-        self.view = view
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split.queries)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        query = self.split.queries[index]
-        return {
-            "query_index": index,
-            "video_index": int(self.split.query_video[index]),
-            "query_type": QUERY_TYPE_CODES.get(query.query_type or "", -1),
-            "tokens": self.view.query_input(query.query_id),
-        }
+class PrvrVcmrQueryDataset(VcmrQueryDataset):
+    """Evaluation side: every query of a split with its GT video (−1 unlabelled) and type,
+    read through a `PrvrVcmrView` (`PrvrVcmrQueryDataset(view, split)`; the view's query
+    tokens are the corpus's)."""
 
 
 def collate_prvr_vcmr_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,11 +183,7 @@ class PrvrVcmrDataModule(VcmrRetrieverDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if subtitle_mode not in SUBTITLE_MODES:
-            raise ValueError(
-                f"data.subtitle_mode must be one of {SUBTITLE_MODES}, got {subtitle_mode!r}"
-            )
-        self.subtitle_mode = subtitle_mode
+        self.subtitle_mode = check_subtitle_mode(subtitle_mode, "data.subtitle_mode")
         self.num_moments = num_moments
         self.max_frames = max_frames
         self.video_dim = video_dim
@@ -238,20 +216,13 @@ class PrvrVcmrDataModule(VcmrRetrieverDataModule):
     def split_loaders(self, split: str) -> tuple[DataLoader, DataLoader]:
         """(videos loader, queries loader) of any loaded split, in split order."""
         assert self.view is not None
-        data = self.all_splits().get(split)
-        if data is None:
-            raise KeyError(f"split {split!r} not loaded; loaded: {list(self.all_splits())}")
-        return (
-            self._loader(
-                PrvrVcmrVideoDataset(self.view, data),
-                self.eval_video_batch_size,
-                False,
-                collate_prvr_vcmr_videos,
-            ),
-            self._loader(
-                PrvrVcmrQueryDataset(self.view, data),
-                self.eval_batch_size,
-                False,
-                collate_prvr_vcmr_queries,
-            ),
+        data = self.loaded_split(split)
+        return eval_loaders(
+            PrvrVcmrVideoDataset(self.view, data),
+            PrvrVcmrQueryDataset(self.view, data),
+            video_batch_size=self.eval_video_batch_size,
+            query_batch_size=self.eval_batch_size,
+            collate_videos=collate_prvr_vcmr_videos,
+            collate_queries=collate_prvr_vcmr_queries,
+            num_workers=self.num_workers,
         )

@@ -45,7 +45,14 @@ from partial_relevance.data.annotations import (
     read_video2dur_idx,
     videos_in_order,
 )
-from partial_relevance.data.collate import pad_sequences
+from partial_relevance.data.collate import (
+    SplitDataset,
+    SplitQueryDataset,
+    SplitVideoDataset,
+    eval_loaders,
+    make_loader,
+    pad_sequences,
+)
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import (
     CLIP_SECONDS,
@@ -60,10 +67,13 @@ from partial_relevance.data.stores import (
     require_nonempty,
 )
 from partial_relevance.data.synthetic import SPLITS, SyntheticConfig, ensure_corpus
+from partial_relevance.metrics.vcmr import QUERY_TYPES
 
 ANNOTATION_FORMATS = ("tvr", "didemo_raw", "didemo_jsonl")
 SPLIT_NAMES = ("train", "val", "test")
-QUERY_TYPE_CODES = {"v": 0, "t": 1, "vt": 2}  # TVR query types; −1 where a dataset has none
+# TVR query types -> the code batches carry (their index in metrics.vcmr.QUERY_TYPES, the
+# official order); −1 where a dataset has none.
+QUERY_TYPE_CODES = {name: code for code, name in enumerate(QUERY_TYPES)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,18 +335,22 @@ class VcmrCorpus:
 # --------------------------------------------------------------------------------------------
 
 
-class VcmrRetrieverTrainDataset(Dataset):
-    """Item = one labelled query with its GT video's clips and its inclusive clip span."""
+class LabelledQueryDataset(SplitDataset):
+    """One item per labelled query of a `VcmrSplit` (`indices`: their split positions); a
+    split without any is an error naming its annotation file."""
 
     def __init__(self, corpus: VcmrCorpus, split: VcmrSplit) -> None:
-        self.corpus = corpus
-        self.split = split
+        super().__init__(corpus, split)
         self.indices = np.flatnonzero(split.query_video >= 0)
         if len(self.indices) == 0:
             raise DataError(split.source, f"split {split.name!r} has no labelled queries")
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class VcmrRetrieverTrainDataset(LabelledQueryDataset):
+    """Item = one labelled query with its GT video's clips and its inclusive clip span."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         qi = int(self.indices[index])
@@ -354,15 +368,8 @@ class VcmrRetrieverTrainDataset(Dataset):
         }
 
 
-class VcmrVideoDataset(Dataset):
-    """Evaluation side: every video of a split, once."""
-
-    def __init__(self, corpus: VcmrCorpus, split: VcmrSplit) -> None:
-        self.corpus = corpus
-        self.split = split
-
-    def __len__(self) -> int:
-        return self.split.num_videos
+class VcmrVideoDataset(SplitVideoDataset):
+    """Evaluation side: every video of a split (`VcmrCorpus`, `VcmrSplit`), once."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(index, self.corpus.video_inputs(self.split.video_ids[index]))
@@ -377,15 +384,9 @@ class VcmrVideoDataset(Dataset):
         }
 
 
-class VcmrQueryDataset(Dataset):
-    """Evaluation side: every query of a split with its GT video index (−1 when unlabelled)."""
-
-    def __init__(self, corpus: VcmrCorpus, split: VcmrSplit) -> None:
-        self.corpus = corpus
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split.queries)
+class VcmrQueryDataset(SplitQueryDataset):
+    """Evaluation side: every query of a split with its GT video index (−1 when unlabelled)
+    and type code; tokens through `corpus.query_input` (a `VcmrCorpus` or a view of one)."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         query = self.split.queries[index]
@@ -611,16 +612,8 @@ class VcmrRetrieverDataModule(pl.LightningDataModule):
         return {name: merged[name] for name in SPLIT_NAMES if name in merged}
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, collate) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
-            drop_last=self.drop_last and shuffle,
-            pin_memory=torch.cuda.is_available(),  # page-locked batches: async host->GPU copies
-        )
+        drop_last = self.drop_last and shuffle
+        return make_loader(dataset, batch_size, shuffle, collate, self.num_workers, drop_last)
 
     def train_dataloader(self) -> DataLoader:
         assert self.corpus is not None
@@ -630,23 +623,23 @@ class VcmrRetrieverDataModule(pl.LightningDataModule):
     def split_loaders(self, split: str) -> tuple[DataLoader, DataLoader]:
         """(videos loader, queries loader) of any loaded split, in order (no shuffling)."""
         assert self.corpus is not None
+        data = self.loaded_split(split)
+        return eval_loaders(
+            VcmrVideoDataset(self.corpus, data),
+            VcmrQueryDataset(self.corpus, data),
+            video_batch_size=self.eval_batch_size,
+            query_batch_size=self.eval_batch_size,
+            collate_videos=collate_vcmr_videos,
+            collate_queries=collate_vcmr_queries,
+            num_workers=self.num_workers,
+        )
+
+    def loaded_split(self, split: str) -> VcmrSplit:
+        """A loaded split, labelled or not, by name (KeyError naming the loaded ones)."""
         data = self.all_splits().get(split)
         if data is None:
             raise KeyError(f"split {split!r} not loaded; loaded: {list(self.all_splits())}")
-        return (
-            self._loader(
-                VcmrVideoDataset(self.corpus, data),
-                self.eval_batch_size,
-                False,
-                collate_vcmr_videos,
-            ),
-            self._loader(
-                VcmrQueryDataset(self.corpus, data),
-                self.eval_batch_size,
-                False,
-                collate_vcmr_queries,
-            ),
-        )
+        return data
 
     def val_dataloader(self) -> list[DataLoader]:
         return list(self.split_loaders("val"))

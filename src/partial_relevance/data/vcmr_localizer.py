@@ -28,14 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from partial_relevance.data.collate import pad_sequences
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.rankings import SplitRanking, ranking_splits, read_rankings
 from partial_relevance.data.vcmr import (
-    QUERY_TYPE_CODES,
+    LabelledQueryDataset,
     VcmrCorpus,
+    VcmrQueryDataset,
     VcmrRetrieverDataModule,
     VcmrSplit,
     VcmrVideoDataset,
@@ -160,7 +161,7 @@ def sample_negatives(
 # --------------------------------------------------------------------------------------------
 
 
-class VcmrLocalizerTrainDataset(Dataset):
+class VcmrLocalizerTrainDataset(LabelledQueryDataset):
     """Item = one labelled query, its GT video (slot 0) and `n_neg` sampled negatives (SPEC §5).
 
     Item keys: query_index, tokens `[N, Dq]`, videos `[1 + n_neg]` (split positions, GT first),
@@ -178,19 +179,12 @@ class VcmrLocalizerTrainDataset(Dataset):
         adv_iou: float = 0.7,
         adv_max_pos: int | None = 16,
     ) -> None:
-        self.corpus = corpus
-        self.split = split
+        super().__init__(corpus, split)
         self.ranking = ranking
         self.n_neg = n_neg
         self.neg_pool = neg_pool
         self.adv_iou = adv_iou
         self.adv_max_pos = adv_max_pos
-        self.indices = np.flatnonzero(split.query_video >= 0)
-        if len(self.indices) == 0:
-            raise DataError(split.source, f"split {split.name!r} has no labelled queries")
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
     def negatives(self, index: int) -> np.ndarray:
         """A fresh draw of the item's negative videos (split positions)."""
@@ -287,7 +281,7 @@ def collate_localizer_videos(items: list[dict[str, Any]]) -> dict[str, Tensor]:
     return batch
 
 
-class VcmrLocalizerEvalQueryDataset(Dataset):
+class VcmrLocalizerEvalQueryDataset(VcmrQueryDataset):
     """Evaluation side: every query of a split with its retrieved videos (SPEC §6.1–§6.2).
 
     Item keys: as `VcmrQueryDataset` (query_index, video_index = GT position or −1,
@@ -298,21 +292,13 @@ class VcmrLocalizerEvalQueryDataset(Dataset):
     def __init__(
         self, corpus: VcmrCorpus, split: VcmrSplit, ranking: AlignedRanking, k_videos: int = 10
     ) -> None:
-        self.corpus = corpus
-        self.split = split
+        super().__init__(corpus, split)
         self.ranking = ranking
         self.k_videos = min(k_videos, ranking.k)
 
-    def __len__(self) -> int:
-        return len(self.split.queries)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
-        query = self.split.queries[index]
         return {
-            "query_index": index,
-            "video_index": int(self.split.query_video[index]),
-            "query_type": QUERY_TYPE_CODES.get(query.query_type or "", -1),
-            "tokens": self.corpus.query_input(query.query_id),
+            **super().__getitem__(index),
             "topk_video": self.ranking.video_idx[index, : self.k_videos],
             "topk_score": self.ranking.scores[index, : self.k_videos],
             "vr_video": self.ranking.video_idx[index],

@@ -9,9 +9,8 @@ index is involved.
 The ranking file (HDF5, one group per split) is what the moment localizer reads: its training
 negatives are drawn from the top-100 of each training query (SPEC §5) and VCMR inference runs
 the localizer on each query's top 10 videos (SPEC §6.2). Its reader and writer
-(`SplitRanking`, `write_rankings`, `read_rankings`, `ranking_splits`; layout in
-`data.rankings`) live in the data layer, which the localizer's datamodule uses; they are
-re-exported here so that the retriever's ranking code keeps one import.
+(`SplitRanking`, `write_rankings`, `read_rankings`, `ranking_splits`) live in the data layer,
+`data.rankings`, their one address (the localizer's datamodule reads it).
 """
 
 from __future__ import annotations
@@ -22,35 +21,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from partial_relevance.data.rankings import (
-    RANKING_FORMAT_VERSION,
-    SplitRanking,
-    ranking_splits,
-    read_rankings,
-    write_rankings,
-)
 from partial_relevance.metrics.retrieval import finite_scores, ranks_from_scores
 
 __all__ = [
-    "DEFAULT_MAX_ELEMENTS",
-    "DEFAULT_TOPK",
-    "RANKING_FORMAT_VERSION",
     "VIDEO_KEYS",
     "CorpusRanking",
-    "SplitRanking",
     "encoded_score_fn",
     "pad_clips",
     "query_chunk_size",
     "rank_corpus",
-    "ranking_splits",
-    "read_rankings",
     "stack_query_encodings",
     "stack_video_encodings",
-    "write_rankings",
 ]
 
-DEFAULT_TOPK = 100  # SPEC §6.1: the VR list is the top 100 videos
-DEFAULT_MAX_ELEMENTS = 1 << 26  # ≈ 67 M similarity entries per [chunk, V, L] block
 VIDEO_KEYS = ("vis", "sub", "clip_mask", "sub_mask")
 
 
@@ -82,9 +65,7 @@ def stack_query_encodings(chunks: Iterable[Mapping[str, Tensor | None]]) -> dict
     return {k: torch.cat([c[k] for c in chunks]) for k in ("vis", "sub")}  # type: ignore[misc]
 
 
-def query_chunk_size(
-    num_videos: int, num_clips: int, max_elements: int = DEFAULT_MAX_ELEMENTS
-) -> int:
+def query_chunk_size(num_videos: int, num_clips: int, max_elements: int) -> int:
     """Queries a block may hold so that `[chunk, V, L]` stays under `max_elements`."""
     return max(1, int(max_elements) // max(1, num_videos * num_clips))
 
@@ -111,7 +92,7 @@ class CorpusRanking:
 def rank_corpus(
     score_fn: Callable[[slice], Tensor],
     num_queries: int,
-    k: int = DEFAULT_TOPK,
+    k: int,
     positive: Tensor | None = None,
     chunk: int = 1024,
 ) -> CorpusRanking:
@@ -121,7 +102,7 @@ def rank_corpus(
         score_fn: `score_fn(rows)` -> `[len(rows), V]` scores of those queries against every
             video (e.g. `encoded_score_fn`).
         num_queries: Q.
-        k: list length; capped at V.
+        k: list length (`model.ranking.k`, SPEC §6.1: 100); capped at V.
         positive: optional `[Q]` GT video index of each query; enables `ranks`. Rows with −1
             (unlabelled) get rank 0.
         chunk: queries scored at once (see `query_chunk_size`).

@@ -1,5 +1,6 @@
-"""Span scoring, decoding and NMS for VCMR / SVMR inference (SPEC §6), and the span sets the
-localizer's adversarial term trains on (SPEC §5).
+"""Span scoring, decoding and NMS for VCMR / SVMR inference (SPEC §6), and the top predicted
+spans the localizer's adversarial term uses as negatives (SPEC §5; its positives are computed
+by the datamodule, `data.vcmr_localizer.adversarial_span_positives`).
 
 Clip spans are inclusive `[i, j]` on the 1.5 s grid (SPEC §1.3): `i <= j` and the span length
 `j - i + 1` lies in `[min_len, max_len]` (TVR 1–24, DiDeMo 1–20 clips). A span of a video that was
@@ -22,13 +23,10 @@ import torch
 from torch import Tensor
 
 from partial_relevance.data.preprocess import CLIP_SECONDS
-from partial_relevance.data.vcmr_localizer import (  # re-exported: the datamodule computes
-    adversarial_span_positives,  # the adversarial positives, so they live in the data layer
-)
+from partial_relevance.metrics.retrieval import finite_scores
 from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
-    "adversarial_span_positives",
     "decode_top_spans",
     "decode_top_spans_batch",
     "enumerate_spans",
@@ -118,7 +116,8 @@ def top_spans(
     B, L = log_p_st.shape
     scores = span_scores(log_p_st, log_p_ed, clip_mask, min_len, max_len).reshape(B, L * L)
     n = min(top_n, L * L)
-    values, flat = scores.topk(n, dim=1)  # [B, n], best first
+    # A non-finite score is the worst (never listed ahead of a real one) and marks no span.
+    values, flat = finite_scores(scores).topk(n, dim=1)  # [B, n], best first
     spans = torch.stack([flat // L, flat % L], dim=-1)  # [B, n, 2]
     valid = torch.isfinite(values)
     if n < top_n:  # a grid with fewer than top_n cells at all
@@ -253,7 +252,8 @@ def decode_top_spans_batch(
         scales = _on_device(scales, device, torch.float64).reshape(Q, k)
 
     n = min(top_n, k * L * L)
-    top_scores, flat = scores.reshape(Q, k * L * L).topk(n, dim=1)  # [Q, n], best first
+    flat_scores = finite_scores(scores.reshape(Q, k * L * L))  # non-finite: the worst
+    top_scores, flat = flat_scores.topk(n, dim=1)  # [Q, n], best first
     slot = flat // (L * L)  # [Q, n] which of the k videos
     i = (flat % (L * L)) // L
     j = flat % L

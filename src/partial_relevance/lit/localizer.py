@@ -30,7 +30,7 @@ nested in-memory metrics) into the run directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from partial_relevance.inference.vcmr import (
     predict_queries,
     run_vcmr,
 )
-from partial_relevance.lit.optim import optimizer_with_warmup
+from partial_relevance.lit.base import OptimizerFactory, PartialRelevanceModule
 from partial_relevance.losses.prem import adversarial_bce, localizer_loss, shared_norm_ce
 from partial_relevance.metrics.submission import write_submission
 from partial_relevance.models.precision import inference_net
@@ -60,30 +60,28 @@ __all__ = ["PremLocalizerLitModule"]
 LOGGED_ON_PROGRESS_BAR = ("VCMR_selection", "VCMR_R@1 IoU0.7", "SVMR_R@1 IoU0.7")
 
 
-class PremLocalizerLitModule(pl.LightningModule):
+class PremLocalizerLitModule(PartialRelevanceModule):
     """Trains `PremLocalizer` with Eq. 12 and evaluates it with the SPEC §6 pipeline."""
 
     def __init__(
         self,
-        net: PremLocalizer,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        adv_weight: float = 0.8,  # λ, SPEC §5 / PREM Eq. 12
-        adversarial: bool = True,  # Table 6
-        shared_norm: bool = True,  # Table 6
-        adv_top_n: int = 5,  # SPEC §5: top-5 spans of each negative video
-        warmup_fraction: float | None = None,
-        inference: Mapping | None = None,
-        export_splits: tuple[str, ...] | list[str] = ("val", "test"),
+        net: PremLocalizer | Mapping,
+        optimizer: OptimizerFactory | Mapping,
+        adv_weight: float,
+        adversarial: bool,
+        shared_norm: bool,
+        adv_top_n: int,
+        warmup_fraction: float | None,
+        inference: Mapping,
+        export_splits: Sequence[str],
+        compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
+        """Every value comes from `conf/model/prem_localizer.yaml` (λ, top-5: SPEC §5)."""
+        super().__init__(net, optimizer, warmup_fraction, compile)
         self.adv_weight = adv_weight
         self.adversarial = adversarial
         self.shared_norm = shared_norm
         self.adv_top_n = adv_top_n
-        self.warmup_fraction = warmup_fraction
         self.inference_cfg = VcmrInferenceConfig.from_mapping(inference)
         self.export_splits = tuple(export_splits)
         self._cache: VideoCache | None = None
@@ -150,15 +148,7 @@ class PremLocalizerLitModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.training_losses(batch)
-        for name, value in terms.items():
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                prog_bar=name == "loss",
-                batch_size=len(batch["span"]),
-                on_step=True,
-                on_epoch=True,
-            )
+        self.log_terms(terms, len(batch["span"]))
         return terms["loss"]
 
     # ---------------------------------------------------------------- evaluation
@@ -188,11 +178,8 @@ class PremLocalizerLitModule(pl.LightningModule):
 
     def _end_eval(self, prefix: str) -> dict[str, float]:
         """Gather every rank's predictions, score them (SPEC §7), log `<prefix>/...`."""
-        store = self._eval_out
-        if self.trainer.world_size > 1:
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, store)
-            store = {k: [x for part in gathered for x in part[k]] for k in store}
+        gathered = self.gather_objects(self._eval_out)  # every rank's predictions
+        store = {k: [x for part in gathered for x in part[k]] for k in self._eval_out}
         split = self._datamodule().all_splits()[self._eval_split]
         predictions = collect_predictions(split, store["index"], store)
         self.last_predictions = predictions
@@ -265,12 +252,3 @@ class PremLocalizerLitModule(pl.LightningModule):
                 results_path.write_text(json.dumps(results, indent=2))
                 out[f"{split}/vcmr_results"] = str(results_path)
         return out
-
-    # ---------------------------------------------------------------- optimisers
-    def configure_optimizers(self) -> Any:
-        """AdamW lr 1e-4, weight decay 0.01 (SPEC §5) from the partial optimizer config;
-        no decay on biases, norms and embeddings. Optional linear warm-up/decay schedule."""
-        total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
-        return optimizer_with_warmup(
-            self, self.optimizer_factory, self.warmup_fraction, total_steps
-        )

@@ -41,31 +41,45 @@ class BertAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):  # type: ignore[override]
+        """One step over every parameter with a gradient, as multi-tensor (`torch._foreach_*`)
+        operations per group instead of a Python loop over parameters (issue #19):
+
+        g ← g · c / (‖g‖ + 1e-6) where ‖g‖ > c (per tensor, c = `max_grad_norm`);
+        m ← β₁ m + (1 − β₁) g;  v ← β₂ v + (1 − β₂) g²;
+        p ← p − lr · (m / (√v + ε) + wd · p)   (no bias correction).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
             beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if group["max_grad_norm"] > 0:
-                    norm = grad.norm()
-                    if norm > group["max_grad_norm"]:
-                        grad = grad * (group["max_grad_norm"] / (norm + 1e-6))
+            max_norm = group["max_grad_norm"]
+            if max_norm > 0:
+                norms = torch.stack(torch._foreach_norm(grads))  # [P] per-tensor L2 norms
+                scale = torch.where(norms > max_norm, max_norm / (norms + 1e-6), 1.0)
+                grads = torch._foreach_mul(grads, list(scale.to(grads[0].dtype).unbind()))
+            for param in params:
                 state = self.state[param]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
-                if group["weight_decay"] > 0:
-                    update = update + group["weight_decay"] * param
-                param.add_(update, alpha=-group["lr"])
+            exp_avgs = [self.state[p]["exp_avg"] for p in params]
+            exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            updates = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(updates, group["eps"])
+            updates = torch._foreach_div(exp_avgs, updates)
+            if group["weight_decay"] > 0:
+                torch._foreach_add_(updates, torch._foreach_mul(params, group["weight_decay"]))
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
         return loss
 
 

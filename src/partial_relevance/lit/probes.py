@@ -7,7 +7,9 @@ every training epoch, logs under `probe/` (metrics/probes.py for the definitions
   and `ice_pairs@<β>`, `ice_precision@<β>` for every β in `thresholds`, same batches;
 - IRM: `irm_rv_query`, `irm_random_query`, `irm_rq_target`, `irm_random_target`;
 - TCP: `tcp_acc_<branch>` (training batches' shuffled sequences) and `tcp_acc_<branch>_val`
-  (the first `val_tcp_batches` validation video batches, under `no_grad`).
+  (the first `val_tcp_batches` validation video batches, under `no_grad`), and
+  `tcp_acc_<branch>_moved_val` on the positions whose content came from another group (the
+  rest keep their position's group: predictable from the position alone).
 
 It consumes TEAM interface 3 of `PrvrLitModule`: it sets `collect_probe_inputs = True` and reads
 `outputs["probe_inputs"]`. Probing draws no number from the global RNGs (its own generator;
@@ -29,6 +31,7 @@ from torch import Tensor
 
 from partial_relevance.data.synthetic import load_truth
 from partial_relevance.metrics.probes import (
+    IGNORE_INDEX,
     batch_probes,
     moment_topics,
     summarize_probes,
@@ -74,7 +77,7 @@ class PrvrProbes(pl.Callback):
                 "LightningModule provides it)"
             )
         dm.setup("fit")
-        truth = load_truth(Path(dm.dataset_root).parent)["splits"]["train"]
+        truth = load_truth(Path(dm.dataset_root()).parent)["splits"]["train"]
         split = dm.splits["train"]
         num_moments = int(dm.preprocess["num_moments"])
         topics = []
@@ -160,13 +163,17 @@ class PrvrProbes(pl.Callback):
                 batch["moments"], batch["frames"], batch["frame_mask"]
             )
             branches = pl_module.tcp_predictions(enc)
-        for name, (_, _, logits, labels) in branches.items():
+        for name, (_, place, logits, labels) in branches.items():
             logits = logits.reshape(-1, logits.shape[-1]).float().cpu()
-            labels = labels.reshape(-1).cpu()
-            valid = int((labels != -100).sum())
-            if valid:
-                self.val_totals[f"{name}_n"] += valid
-                self.val_totals[f"{name}_right"] += tcp_accuracy(logits, labels) * valid
+            labels, place = labels.reshape(-1).cpu(), place.reshape(-1).cpu()
+            # every position, and only those whose content came from another group (the
+            # others keep their position's group, predictable from the position alone)
+            moved = labels.masked_fill(labels == place, IGNORE_INDEX)
+            for key, target in ((name, labels), (f"{name}_moved", moved)):
+                valid = int((target != IGNORE_INDEX).sum())
+                if valid:
+                    self.val_totals[f"{key}_n"] += valid
+                    self.val_totals[f"{key}_right"] += tcp_accuracy(logits, target) * valid
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

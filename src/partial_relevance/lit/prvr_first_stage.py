@@ -20,38 +20,27 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from partial_relevance.inference.ranking import (
-    DEFAULT_TOPK,
-    SplitRanking,
-    rank_corpus,
-    write_rankings,
-)
+from partial_relevance.data.rankings import SplitRanking, write_rankings
+from partial_relevance.inference.ranking import rank_corpus
+from partial_relevance.lit.base import as_config
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.lit.retriever import vr_metrics
-
-DEFAULT_RANKING = {
-    "enabled": True,
-    "k": DEFAULT_TOPK,  # SPEC §6.1: top-100 videos
-    "file": "rankings.h5",
-    "splits": ["train", "val", "test"],
-}
+from partial_relevance.lit.retriever import RankingConfig
+from partial_relevance.metrics.vcmr import vr_metrics
 
 
 class PrvrFirstStageLitModule(PrvrLitModule):
     """`PrvrLitModule` that also writes the VCMR ranking file (`export_artifacts`).
 
-    `ranking`: `enabled`, `k` (list length), `file` (name in the run directory), `splits`.
-    Every other argument is `PrvrLitModule`'s.
+    `ranking` (`conf/model/prvr_first_stage.yaml`, the one source of its values): `enabled`,
+    `k` (list length), `file` (name in the run directory), `splits`. Every other argument is
+    `PrvrLitModule`'s.
     """
 
-    def __init__(self, *args: Any, ranking: Mapping | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ranking: RankingConfig | Mapping, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        unknown = set(ranking or {}) - set(DEFAULT_RANKING)
-        if unknown:
-            raise ValueError(
-                f"model.ranking: unknown keys {sorted(unknown)}; valid: {sorted(DEFAULT_RANKING)}"
-            )
-        self.ranking_cfg = {**DEFAULT_RANKING, **dict(ranking or {})}
+        if isinstance(ranking, Mapping):
+            ranking = {**ranking, "splits": list(ranking.get("splits", []))}
+        self.ranking_cfg = as_config(RankingConfig, ranking, "ranking")
 
     @torch.no_grad()
     def encode_split(
@@ -92,14 +81,14 @@ class PrvrFirstStageLitModule(PrvrLitModule):
         ranks when the split is labelled, and the query types."""
         data = datamodule.all_splits()[split]
         index, queries, types = self.encode_split(datamodule, split, device)
-        alpha = self.eval_cfg["alpha"]
+        alpha = self.eval_cfg.alpha
         positive = torch.as_tensor(data.query_video, device=device) if data.labelled else None
         result = rank_corpus(
             lambda rows: self.net.score_queries(queries[rows], index, alpha),
             len(queries),
-            k=int(self.ranking_cfg["k"]),
+            k=int(self.ranking_cfg.k),
             positive=positive,
-            chunk=int(self.eval_cfg["chunk"]),
+            chunk=int(self.eval_cfg.chunk),
         )
         ranking = SplitRanking(
             split,
@@ -116,9 +105,9 @@ class PrvrFirstStageLitModule(PrvrLitModule):
     ) -> dict[str, Any]:
         """Write the ranking file of every split into `output_dir` (global rank 0 only) and
         return `{"ranking_file": path}` plus each labelled split's `<split>/VR_*` metrics."""
-        if not self.ranking_cfg["enabled"] or not hasattr(datamodule, "all_splits"):
+        if not self.ranking_cfg.enabled or not hasattr(datamodule, "all_splits"):
             return {}
-        path = Path(output_dir) / str(self.ranking_cfg["file"])
+        path = Path(output_dir) / str(self.ranking_cfg.file)
         out: dict[str, Any] = {"ranking_file": str(path)}
         if not trainer.is_global_zero:
             return out
@@ -129,14 +118,14 @@ class PrvrFirstStageLitModule(PrvrLitModule):
         try:
             rankings: dict[str, SplitRanking] = {}
             available = datamodule.all_splits()
-            for split in self.ranking_cfg["splits"]:
+            for split in self.ranking_cfg.splits:
                 if split not in available:
                     continue
                 rankings[split], ranks, types = self.rank_split(datamodule, split, device)
                 if ranks is not None:
                     metrics = vr_metrics(ranks.cpu(), types.cpu())
                     out.update({f"{split}/{k}": v for k, v in metrics.items()})
-            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg["k"])})
+            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg.k)})
         finally:
             self.train(was_training)
         return out

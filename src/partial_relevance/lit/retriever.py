@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,46 +29,48 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from partial_relevance.data.rankings import SplitRanking, write_rankings
 from partial_relevance.inference.ranking import (
-    DEFAULT_MAX_ELEMENTS,
-    DEFAULT_TOPK,
     VIDEO_KEYS,
     CorpusRanking,
-    SplitRanking,
     encoded_score_fn,
     pad_clips,
     query_chunk_size,
     rank_corpus,
     stack_query_encodings,
     stack_video_encodings,
-    write_rankings,
 )
-from partial_relevance.lit.optim import optimizer_with_warmup
+from partial_relevance.lit.base import OptimizerFactory, PartialRelevanceModule, as_config
 from partial_relevance.lit.prem_modules import PremModules
 from partial_relevance.losses.prem import in_batch_negative_mask, retriever_loss, strong_weak_masks
-from partial_relevance.metrics.retrieval import DEFAULT_KS, gt_columns, recall_at_k
+from partial_relevance.metrics.retrieval import gt_columns
+from partial_relevance.metrics.store import EvalRows
+from partial_relevance.metrics.vcmr import vr_metrics
 from partial_relevance.models.prem_retriever import (
+    RESTRICTED_SUBTITLE_MODES,
     PremRetriever,
-    eq6_pair_score,
     index_encoding,
+    restricted_pair_score,
 )
 
 log = logging.getLogger(__name__)
-DEFAULT_EVAL = {"max_elements": DEFAULT_MAX_ELEMENTS}
-DEFAULT_RANKING = {
-    "enabled": True,
-    "k": DEFAULT_TOPK,  # SPEC §6.1: top-100 videos
-    "file": "rankings.h5",
-    "splits": ["train", "val", "test"],
-}
-QUERY_TYPE_NAMES = {0: "v", 1: "t", 2: "vt"}  # data.vcmr.QUERY_TYPE_CODES, inverted
 
 
-def _merged(defaults: dict, given: Mapping | None) -> dict:
-    unknown = set(given or {}) - set(defaults)
-    if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
-    return {**defaults, **dict(given or {})}
+@dataclass(frozen=True)
+class RetrieverEvalConfig:
+    """`model.evaluation`: score-block budget (queries per chunk = this // (V · L))."""
+
+    max_elements: int
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """`model.ranking` (SPEC §6.1): write the ranking file, list length, file name, splits."""
+
+    enabled: bool
+    k: int
+    file: str
+    splits: list[str]
 
 
 def first_occurrence(ids: Tensor) -> Tensor:
@@ -113,67 +116,7 @@ def gather_video_encodings(
     return {k: v[valid] for k, v in out.items()}, ids[valid], offset
 
 
-RESTRICTED_SUBTITLE_MODES = ("video", "drop")
-
-
-def restricted_pair_score(
-    net: PremRetriever,
-    queries: Mapping[str, Tensor | None],
-    pairs: Mapping[str, Tensor],
-    restrict: Tensor,
-    subtitle: str = "video",
-) -> Tensor:
-    """Eq. 6 of aligned pairs with the maxima restricted to `restrict` `[B, L]` (the strong /
-    weak positives of SPEC §4) -> `[B]`.
-
-    With `empty_subtitle: mask`, a restricted clip set can hold no subtitle clip although the
-    video has subtitles (a moment without speech). `eq6_pair_score` then drops the subtitle term
-    (visual term alone), while every negative keeps the average `½(vis + sub)`; training
-    exploits that mismatch (push every subtitle similarity down: negatives fall, such
-    positives do not) and retrieval does not learn. `subtitle="video"` (default,
-    **[decision]**) keeps the positive comparable with the negatives: the visual maximum stays
-    restricted, the subtitle maximum of such a pair runs over the whole GT video. Pairs whose
-    video has no subtitle at all keep the visual term alone, as in Eq. 6 for that video.
-    `subtitle="drop"` is `eq6_pair_score` unchanged.
-    """
-    if subtitle not in RESTRICTED_SUBTITLE_MODES:
-        raise ValueError(f"subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, got {subtitle!r}")
-    base = net.score_pairs(queries, pairs, restrict)  # [B]
-    if subtitle == "drop" or not (net.use_vis and net.use_sub):
-        return base
-    subs = pairs["sub_mask"].bool() & pairs["clip_mask"].bool()  # [B, L]
-    fallback = subs.any(1) & ~(subs & restrict.bool()).any(1)  # [B]
-    if not bool(fallback.any()):
-        return base
-    args = (
-        queries["vis"],
-        queries["sub"],
-        pairs["vis"],
-        pairs["sub"],
-        pairs["clip_mask"],
-        pairs["sub_mask"],
-    )
-    vis = eq6_pair_score(*args, restrict, use_vis=True, use_sub=False)  # [B]
-    sub = eq6_pair_score(*args, None, use_vis=False, use_sub=True)  # [B]
-    return torch.where(fallback, 0.5 * (vis + sub), base)
-
-
-def vr_metrics(
-    ranks: Tensor, query_types: Tensor | None = None, ks: tuple[int, ...] = DEFAULT_KS
-) -> dict[str, float]:
-    """VR `R@k` (and per query type) from GT ranks (SPEC §7): keys `VR_R@k`, `VR_SumR`,
-    `VR_R@k_<type>`, `VR_SumR_<type>`."""
-    out = {f"VR_{name}": value for name, value in recall_at_k(ranks, ks).items()}
-    if query_types is not None:
-        for code, name in QUERY_TYPE_NAMES.items():
-            subset = ranks[query_types == code]
-            if subset.numel():
-                for metric, value in recall_at_k(subset, ks).items():
-                    out[f"VR_{metric}_{name}"] = value
-    return out
-
-
-class PremRetrieverLitModule(pl.LightningModule):
+class PremRetrieverLitModule(PartialRelevanceModule):
     """Trains and evaluates `PremRetriever` (PREM §3.3); writes the ranking file (§3.5).
 
     PRVR's modules (`ice`, `irm`, `tcp`, each with an `enabled` switch; `module_loss` their
@@ -194,28 +137,27 @@ class PremRetrieverLitModule(pl.LightningModule):
 
     def __init__(
         self,
-        net: PremRetriever,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        tau: float = 0.01,  # SPEC §4 / PREM §3.3
-        weak_weight: float = 0.5,  # β, SPEC §4
-        strong_relevance: bool = True,
-        weak_relevance: bool = True,
-        video_to_query: bool = True,
-        gather_negatives: bool = True,
-        restricted_subtitle: str = "video",
-        positive_warmup_epochs: int = 0,
-        warmup_fraction: float | None = None,
-        evaluation: Mapping | None = None,
-        ranking: Mapping | None = None,
+        net: PremRetriever | Mapping,
+        optimizer: OptimizerFactory | Mapping,
+        tau: float,
+        weak_weight: float,
+        strong_relevance: bool,
+        weak_relevance: bool,
+        video_to_query: bool,
+        gather_negatives: bool,
+        restricted_subtitle: str,
+        positive_warmup_epochs: int,
+        warmup_fraction: float | None,
+        evaluation: RetrieverEvalConfig | Mapping,
+        ranking: RankingConfig | Mapping,
         ice: Mapping | None = None,
         irm: Mapping | None = None,
         tcp: Mapping | None = None,
         module_loss: Mapping | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
+        """Every value comes from `conf/model/prem_retriever.yaml` (τ, β: SPEC §4)."""
+        super().__init__(net, optimizer, warmup_fraction, compile)
         self.tau = tau
         self.weak_weight = weak_weight
         self.strong_relevance = strong_relevance
@@ -229,23 +171,23 @@ class PremRetrieverLitModule(pl.LightningModule):
             )
         self.restricted_subtitle = restricted_subtitle
         self.positive_warmup_epochs = positive_warmup_epochs
-        self.warmup_fraction = warmup_fraction
-        self.eval_cfg = _merged(DEFAULT_EVAL, evaluation)
-        self.ranking_cfg = _merged(DEFAULT_RANKING, ranking)
+        self.eval_cfg = as_config(RetrieverEvalConfig, evaluation, "evaluation")
+        if isinstance(ranking, Mapping):
+            ranking = {**ranking, "splits": list(ranking.get("splits", []))}
+        self.ranking_cfg = as_config(RankingConfig, ranking, "ranking")
+        # Evaluation: encoded videos (by video id) and queries (by query id), every rank's.
+        self.eval_videos = EvalRows()
+        self.eval_queries = EvalRows()
         # PRVR's ICE / IRM / TCP as switches (lit.prem_modules; all off: the paper's loss).
         self.prvr_modules = PremModules(ice, irm, tcp, module_loss)
-        self.prvr_modules.check_net(net)
-        self._eval_store: dict[str, list[Tensor]] = {}
+        self.prvr_modules.check_net(self.net)
 
     # ------------------------------------------------------------------ training
-    def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
-
     def _batch_videos(
         self, videos: dict[str, Tensor], video_ids: Tensor
     ) -> tuple[dict[str, Tensor], Tensor, int]:
         """The columns of the in-batch score matrix: this rank's videos, or every rank's."""
-        if not (self.gather_negatives and self._world_size() > 1):
+        if not (self.gather_negatives and self.world_size() > 1):
             return videos, video_ids, 0
 
         def gather(x: Tensor) -> Tensor:
@@ -295,16 +237,7 @@ class PremRetrieverLitModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         terms = self.training_losses(batch)
-        batch_size = len(batch["query_video"])
-        for name, value in terms.items():
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                prog_bar=name == "loss",
-                batch_size=batch_size,
-                on_step=True,
-                on_epoch=True,
-            )
+        self.log_terms(terms, len(batch["query_video"]))
         return terms["loss"]
 
     # ---------------------------------------------------------------- evaluation
@@ -321,15 +254,15 @@ class PremRetrieverLitModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
         """Encode one batch of the evaluation corpus: videos (loader 0) or queries (loader 1)."""
-        store = self._eval_store
         if dataloader_idx == 0:
-            store.setdefault("videos", []).append(self.encode_video_batch(batch))  # type: ignore[arg-type]
-            store.setdefault("video_index", []).append(batch["video_index"])
+            self.eval_videos.update(batch["video_index"], self.encode_video_batch(batch))
         else:
-            store.setdefault("queries", []).append(self.encode_query_batch(batch))  # type: ignore[arg-type]
-            store.setdefault("query_index", []).append(batch["query_index"])
-            store.setdefault("query_video", []).append(batch["video_index"])
-            store.setdefault("query_type", []).append(batch["query_type"])
+            values = {
+                **self.encode_query_batch(batch),
+                "positive": batch["video_index"],
+                "query_type": batch["query_type"],
+            }
+            self.eval_queries.update(batch["query_index"], values)
 
     def validation_step(
         self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
@@ -339,40 +272,18 @@ class PremRetrieverLitModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
 
-    def _dedup(self, index: Tensor, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Order rows by global index and drop the DistributedSampler's duplicates."""
-        order = torch.argsort(index, stable=True)
-        index = index[order]
-        keep = torch.ones_like(index, dtype=torch.bool)
-        keep[1:] = index[1:] != index[:-1]
-        return {k: v[order][keep] for k, v in values.items()}
-
-    def _gathered_corpus(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(videos, queries) of the whole evaluation split, identical on every rank."""
-        store = self._eval_store
-        videos = stack_video_encodings(store["videos"])  # type: ignore[arg-type]
-        video_index = torch.cat(store["video_index"])
-        queries: dict[str, Tensor] = stack_query_encodings(store["queries"])  # type: ignore[arg-type]
-        queries["positive"] = torch.cat(store["query_video"])
-        queries["query_type"] = torch.cat(store["query_type"])
-        query_index = torch.cat(store["query_index"])
-        if self._world_size() > 1:
-            videos, video_index, _ = gather_video_encodings(
-                videos, video_index, self.all_gather, self.global_rank
-            )
-            queries = {k: self.all_gather(v).flatten(0, 1) for k, v in queries.items()}
-            query_index = self.all_gather(query_index).flatten(0, 1)
-        videos = self._dedup(video_index, {**videos, "video_id": video_index})
-        return videos, self._dedup(query_index, queries)
+    def reset_eval_store(self) -> None:
+        self.eval_videos.reset()
+        self.eval_queries.reset()
 
     def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
         """VR over the full split: exact chunked Eq. 6 scores -> GT ranks -> R@k, SumR."""
-        if not self._eval_store.get("queries") or not self._eval_store.get("videos"):
-            self._eval_store = {}
+        if self.eval_videos.is_empty() or self.eval_queries.is_empty():
+            self.reset_eval_store()
             return {}
-        videos, queries = self._gathered_corpus()
-        self._eval_store = {}
-        video_ids = videos.pop("video_id")
+        video_ids, videos = self.eval_videos.compute()
+        _, queries = self.eval_queries.compute()
+        self.reset_eval_store()
         labelled = queries["positive"] >= 0
         positive, encoded = gt_columns(video_ids, queries["positive"])
         kept = labelled & encoded
@@ -395,12 +306,18 @@ class PremRetrieverLitModule(pl.LightningModule):
             self.log(f"{prefix}/{name}", value, prog_bar=name in ("VR_R@1", "VR_SumR"))
         return metrics
 
+    def on_validation_epoch_start(self) -> None:
+        self.reset_eval_store()
+
+    def on_test_epoch_start(self) -> None:
+        self.reset_eval_store()
+
     def _rank(
         self, queries: Mapping[str, Tensor], videos: Mapping[str, Tensor], k: int
     ) -> CorpusRanking:
         """Chunked exact top-k and GT ranks of `queries` against the encoded `videos`."""
         num_videos, num_clips = videos["clip_mask"].shape
-        chunk = query_chunk_size(num_videos, num_clips, self.eval_cfg["max_elements"])
+        chunk = query_chunk_size(num_videos, num_clips, self.eval_cfg.max_elements)
         encoded = {"vis": queries["vis"], "sub": queries["sub"]}
         positive = queries.get("positive")
         return rank_corpus(
@@ -453,7 +370,7 @@ class PremRetrieverLitModule(pl.LightningModule):
         if data.labelled:
             positive = torch.as_tensor(data.query_video, device=device)
         queries = {**queries, **({"positive": positive} if positive is not None else {})}
-        result = self._rank(queries, videos, k=int(self.ranking_cfg["k"]))
+        result = self._rank(queries, videos, k=int(self.ranking_cfg.k))
         ranking = SplitRanking(
             split,
             [q.query_id for q in data.queries],
@@ -474,9 +391,9 @@ class PremRetrieverLitModule(pl.LightningModule):
         `{"ranking_file": path}` plus each split's VR metrics from the same ranking
         (`<split>/VR_R@k` for the splits not evaluated by validate/test, e.g. train).
         """
-        if not self.ranking_cfg["enabled"] or not hasattr(datamodule, "all_splits"):
+        if not self.ranking_cfg.enabled or not hasattr(datamodule, "all_splits"):
             return {}
-        path = Path(output_dir) / str(self.ranking_cfg["file"])
+        path = Path(output_dir) / str(self.ranking_cfg.file)
         out: dict[str, Any] = {"ranking_file": str(path)}
         if not trainer.is_global_zero:
             return out
@@ -487,31 +404,23 @@ class PremRetrieverLitModule(pl.LightningModule):
         try:
             rankings: dict[str, SplitRanking] = {}
             available = datamodule.all_splits()
-            for split in self.ranking_cfg["splits"]:
+            for split in self.ranking_cfg.splits:
                 if split not in available:
                     continue
                 rankings[split], ranks = self.rank_split(datamodule, split, device)
                 if ranks is not None and split == "train":
                     metrics = vr_metrics(ranks.cpu())
                     out.update({f"{split}/{k}": v for k, v in metrics.items()})
-            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg["k"])})
+            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg.k)})
         finally:
             self.train(was_training)
         return out
 
-    # ---------------------------------------------------------------- optimisers
-    def configure_optimizers(self) -> Any:
-        """AdamW lr 1e-4, weight decay 0.01 (SPEC §4) from the partial optimizer config;
-        no decay on biases, norms and embeddings. Optional linear warm-up/decay schedule."""
-        total_steps = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
-        return optimizer_with_warmup(
-            self, self.optimizer_factory, self.warmup_fraction, total_steps
-        )
-
 
 __all__ = [
     "PremRetrieverLitModule",
+    "RankingConfig",
+    "RetrieverEvalConfig",
     "first_occurrence",
     "gather_video_encodings",
-    "vr_metrics",
 ]

@@ -1,6 +1,12 @@
-"""The PRVR module losses (SPEC §3): ICE (§3.3), IRM (§3.4) and TCP (§3.5).
+"""The PRVR losses (SPEC §3): the base loss (Eq. 7), ICE (§3.3), IRM (§3.4), TCP (§3.5) and
+their total (Eq. 13).
 
 One function per paper equation, pure functions on tensors:
+
+- `base_loss` is Eq. 7, `total_loss` Eq. 13; `ice_terms`, `irm_terms`, `tcp_terms` assemble
+  each module's logged terms from tensors the model produced. Their settings come in the
+  dataclasses `PrvrLossConfig`, `IceConfig`, `IrmConfig`, `TcpConfig`, whose values live
+  once, in `conf/model/prvr.yaml`.
 
 - `ice_select_pairs` (Eq. 8) mines mutual-argmax moment/query pairs across videos;
   `ice_loss` aligns them with Eq. 5 + `nce_weight` · Eq. 6.
@@ -12,6 +18,8 @@ One function per paper equation, pure functions on tensors:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +36,106 @@ from partial_relevance.losses.contrastive import (
 IGNORE_INDEX = -100
 
 
+@dataclass(frozen=True)
+class PrvrLossConfig:
+    """`model.loss`: the similarity rule and weights of Eq. 5-7 (SPEC §3)."""
+
+    margin: float  # m of Eq. 5
+    nce_sim: str  # dot | cos
+    tau: float  # τ of Eq. 6
+    nce_average: str  # video | pair
+    lambda_video_nce: float  # λ₁ of Eq. 7
+    lambda_moment_nce: float  # λ₂ of Eq. 7
+    hard_negative_start_epoch: int
+    hard_topk: int
+
+
+@dataclass(frozen=True)
+class IceConfig:
+    """`model.ice` (PRVR §3.3): switch, β_t (None keeps every mutual pair), λ₃, λ₂ of L_ice."""
+
+    enabled: bool
+    threshold: float | None
+    weight: float
+    nce_weight: float
+
+
+@dataclass(frozen=True)
+class IrmConfig:
+    """`model.irm` (PRVR §3.4): switches, shared FC, λ₄, the InfoNCE weights of L_neg/L_red."""
+
+    enabled: bool
+    neg: bool
+    red: bool
+    shared_fc: bool
+    weight: float
+    neg_nce_weight: float
+    red_nce_weight: float
+
+
+@dataclass(frozen=True)
+class TcpConfig:
+    """`model.tcp` (PRVR §3.5): branch switches, g, β_r, λ₅."""
+
+    enabled: bool
+    video: bool
+    moment: bool
+    groups: int
+    ratio: float
+    weight: float
+
+
+# --------------------------------------------------------------------------- Eq. 7 / Eq. 13
+
+
+def base_loss(
+    video_cos: Tensor,
+    moment_cos: Tensor,
+    video_nce: Tensor,
+    moment_nce: Tensor,
+    positive_video: Tensor,
+    cfg: PrvrLossConfig,
+    hard_negatives: bool,
+) -> dict[str, Tensor]:
+    """L_base = L_v^trip + L_m^trip + λ₁ L_v^nce + λ₂ L_m^nce, PRVR Eq. 7.
+
+    `video_cos`, `moment_cos` [n, b]: S_v, S_m on cosine (the triplet rule); `video_nce`,
+    `moment_nce` [n, b]: the same with `cfg.nce_sim`, not yet divided by τ; `positive_video`
+    [n]: y(j). Returns every term and `L_base`.
+    """
+    y, tau = positive_video, cfg.tau
+    terms = {
+        "L_v_trip": triplet_ranking_loss(video_cos, y, cfg.margin, hard_negatives, cfg.hard_topk),
+        "L_m_trip": triplet_ranking_loss(moment_cos, y, cfg.margin, hard_negatives, cfg.hard_topk),
+        "L_v_nce": multi_positive_infonce(video_nce / tau, y, cfg.nce_average),
+        "L_m_nce": multi_positive_infonce(moment_nce / tau, y, cfg.nce_average),
+    }
+    terms["L_base"] = (
+        terms["L_v_trip"]
+        + terms["L_m_trip"]
+        + cfg.lambda_video_nce * terms["L_v_nce"]
+        + cfg.lambda_moment_nce * terms["L_m_nce"]
+    )
+    return terms
+
+
+def total_loss(terms: dict[str, Tensor], ice: IceConfig, irm: IrmConfig, tcp: TcpConfig) -> Tensor:
+    """L = L_base + λ₃ L_ice + λ₄ L_irm + λ₅ L_tcp, PRVR Eq. 13 (enabled modules only)."""
+    total = terms["L_base"]
+    if ice.enabled:
+        total = total + ice.weight * terms["L_ice"]
+    if irm.enabled:
+        total = total + irm.weight * terms["L_irm"]
+    if tcp.enabled:
+        total = total + tcp.weight * terms["L_tcp"]
+    return total
+
+
 # --------------------------------------------------------------------------- ICE (§3.3)
 
 
 def ice_select_pairs(
-    moment_query_cos: Tensor, same_video: Tensor, threshold: float | None = 0.4
+    moment_query_cos: Tensor, same_video: Tensor, threshold: float | None
 ) -> tuple[Tensor, Tensor]:
     """Mine correlated moment/query pairs of different videos, PRVR §3.3 Eq. 8.
 
@@ -92,6 +195,40 @@ def ice_loss(
         pair_similarity(queries, moments, nce_sim) / tau, diagonal, average=nce_average
     )
     return trip + nce_weight * nce
+
+
+def ice_terms(
+    clips: Tensor, queries: Tensor, positive_video: Tensor, cfg: PrvrLossConfig, ice: IceConfig
+) -> dict[str, Tensor]:
+    """ICE (PRVR §3.3): mine mutual-argmax moment/query pairs of other videos above β_t and
+    align them (`ice_loss`).
+
+    `clips` [b, T_m, D] encoded moments, `queries` [n, D], `positive_video` [n] y(j). Returns
+    `L_ice`, `n_c` (pairs mined), and, detached, `ice_similarity` [b·T_m, n] (the masked
+    cosine the mining ran on) and `ice_pairs` [n_c, 2] (flat moment index, query index).
+    """
+    b, num_clips, dim = clips.shape
+    flat = clips.reshape(b * num_clips, dim)  # [n_m, D]
+    clip_video = torch.arange(b, device=clips.device).repeat_interleave(num_clips)  # [n_m]
+    with torch.no_grad():
+        cos = F.normalize(flat, dim=-1, eps=1e-6) @ F.normalize(queries, dim=-1, eps=1e-6).T
+        same_video = clip_video[:, None] == positive_video[None, :]  # [n_m, n]
+        moment_idx, query_idx = ice_select_pairs(cos, same_video, ice.threshold)
+    loss = ice_loss(
+        flat[moment_idx],
+        queries[query_idx],
+        cfg.margin,
+        cfg.nce_sim,
+        cfg.tau,
+        cfg.nce_average,
+        nce_weight=ice.nce_weight,
+    )
+    return {
+        "L_ice": loss,
+        "n_c": torch.tensor(float(len(query_idx)), device=queries.device),
+        "ice_similarity": cos.masked_fill(same_video, -1.0),
+        "ice_pairs": torch.stack([moment_idx, query_idx], dim=1),
+    }
 
 
 # --------------------------------------------------------------------------- IRM (§3.4)
@@ -168,6 +305,51 @@ def irm_red_loss(
     return trip + nce_weight * nce
 
 
+def irm_terms(
+    r_v: Tensor,
+    r_q: Tensor,
+    queries: Tensor,
+    moment_cos: Tensor,
+    moment_nce: Tensor,
+    positive_video: Tensor,
+    cfg: PrvrLossConfig,
+    irm: IrmConfig,
+) -> dict[str, Tensor]:
+    """IRM (PRVR §3.4, Eq. 10): `L_neg`, `L_red` (each switched by `irm.neg` / `irm.red`) and
+    `L_irm = L_neg + L_red`, from the redundant features r_v, r_q [n, D] of Eq. 9."""
+    zero = queries.sum() * 0
+    neg = (
+        irm_neg_loss(
+            r_v,
+            r_q,
+            queries,
+            moment_cos,
+            moment_nce,
+            positive_video,
+            cfg.margin,
+            cfg.nce_sim,
+            cfg.tau,
+            nce_weight=irm.neg_nce_weight,
+        )
+        if irm.neg
+        else zero
+    )
+    red = (
+        irm_red_loss(
+            r_v,
+            r_q,
+            cfg.margin,
+            cfg.nce_sim,
+            cfg.tau,
+            cfg.nce_average,
+            nce_weight=irm.red_nce_weight,
+        )
+        if irm.red
+        else zero
+    )
+    return {"L_neg": neg, "L_red": red, "L_irm": neg + red}
+
+
 # --------------------------------------------------------------------------- TCP (§3.5)
 
 
@@ -229,6 +411,27 @@ def tcp_loss(
     return _masked_ce(logits_original, labels_original) + _masked_ce(
         logits_shuffled, labels_shuffled
     )
+
+
+def tcp_terms(branches: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]) -> dict[str, Tensor]:
+    """TCP (PRVR §3.5): per branch `L_tcp_<name>` (Eq. 11-12) and the order-prediction
+    accuracy `tcp_acc_<name>` on the shuffled sequence's valid positions; `L_tcp` their sum.
+
+    `branches[name]` = (p_o logits [b, T, g], y_o [b, T], p_s logits [b, T, g], y_s [b, T]).
+    """
+    out: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for name, (logits_o, labels_o, logits_s, labels_s) in branches.items():
+        loss = tcp_loss(logits_o, labels_o, logits_s, labels_s)
+        valid = labels_s != IGNORE_INDEX
+        accuracy = (logits_s.argmax(-1) == labels_s)[valid].float().mean()
+        out[f"L_tcp_{name}"] = loss
+        out[f"tcp_acc_{name}"] = accuracy.detach()
+        total = loss if total is None else total + loss
+    if total is None:
+        raise ValueError("model.tcp: enable at least one of `video` and `moment`")
+    out["L_tcp"] = total
+    return out
 
 
 def _masked_ce(logits: Tensor, labels: Tensor) -> Tensor:

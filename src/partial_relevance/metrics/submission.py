@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from partial_relevance.data.annotations import read_moment_jsonl, read_video2dur_idx
 from partial_relevance.data.errors import DataError
 from partial_relevance.metrics.vcmr import (
-    DEFAULT_IOUS,
-    DEFAULT_KS,
     MAX_PREDICTIONS,
     GroundTruth,
     evaluate_all,
@@ -167,10 +166,7 @@ def read_submission(path: str | Path) -> tuple[TaskPredictions, TaskPredictions,
 def score_submission(
     path: str | Path,
     ground_truth: Mapping[int, GroundTruth] | str | Path,
-    ks: Sequence[int] = DEFAULT_KS,
-    ious: Sequence[float] = DEFAULT_IOUS,
-    min_windows: int | None = None,
-    by_type: bool = True,
+    **options: Any,
 ) -> dict[str, dict[str, float]]:
     """Score a submission file: `evaluate_all` on what `read_submission` gives back.
 
@@ -179,16 +175,15 @@ def score_submission(
         ground_truth: desc_id → GroundTruth (video indices in the file's `video2idx`), or the
             path of a TVR-style annotation jsonl, which is then read with the file's own
             `video2idx`, exactly as the official script does.
-        ks, ious, min_windows, by_type: as for `evaluate_all`.
+        options: `evaluate_all`'s keywords (`ks`, `ious`, `min_windows`, `by_type`), its
+            defaults where left out (one source for them).
     """
     path = Path(path)
     submission = _load_submission(path)
     if isinstance(ground_truth, str | Path):
         ground_truth = ground_truth_from_tvr_jsonl(ground_truth, submission["video2idx"])
     vcmr, svmr, vr = (_parse_task(path, submission, task) for task in TASKS)
-    return evaluate_all(
-        vcmr, svmr, vr, ground_truth, ks=ks, ious=ious, min_windows=min_windows, by_type=by_type
-    )
+    return evaluate_all(vcmr, svmr, vr, ground_truth, **options)
 
 
 def ground_truth_from_tvr_jsonl(

@@ -22,12 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from torch import Tensor
 
+from partial_relevance.metrics.retrieval import DEFAULT_KS, recall_at_k
 from partial_relevance.metrics.temporal import temporal_iou
 
 __all__ = [
     "DEFAULT_IOUS",
-    "DEFAULT_KS",
     "MAX_PREDICTIONS",
     "QUERY_TYPES",
     "GroundTruth",
@@ -36,11 +37,11 @@ __all__ = [
     "svmr_recall",
     "vcmr_recall",
     "vcmr_selection_score",
+    "vr_metrics",
     "vr_recall",
 ]
 
 MAX_PREDICTIONS = 100  # predictions a query may submit (official `max_pred_per_query`)
-DEFAULT_KS = (1, 5, 10, 100)
 DEFAULT_IOUS = (0.5, 0.7)
 QUERY_TYPES = ("v", "t", "vt")  # TVR query types, in the official order
 _NO_HIT = np.iinfo(np.int64).max  # "rank" of a query without any hit
@@ -349,3 +350,19 @@ def vcmr_selection_score(results: Mapping[str, Mapping[str, float]]) -> float:
     """The model-selection number of SPEC §5/§7: `VCMR R@1 IoU0.5 + VCMR R@1 IoU0.7`."""
     vcmr = results["VCMR"]
     return float(vcmr[metric_key(1, 0.5)] + vcmr[metric_key(1, 0.7)])
+
+
+def vr_metrics(
+    ranks: Tensor, query_types: Tensor | None = None, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """VR `R@k` (and per query type) from GT ranks (SPEC §7): keys `VR_R@k`, `VR_SumR`,
+    `VR_R@k_<type>`, `VR_SumR_<type>`; `query_types` [Q] holds each query's code, the index
+    of its type in `QUERY_TYPES` (−1: none)."""
+    out = {f"VR_{name}": value for name, value in recall_at_k(ranks, ks).items()}
+    if query_types is not None:
+        for code, name in enumerate(QUERY_TYPES):
+            subset = ranks[query_types == code]
+            if subset.numel():
+                for metric, value in recall_at_k(subset, ks).items():
+                    out[f"VR_{metric}_{name}"] = value
+    return out

@@ -7,12 +7,96 @@ that never let padding win.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
+
+aten = torch.ops.aten
+# The ops whose outputs `recompute_elementwise` keeps for backward: matrix products and fused
+# attention. Everything between them (LayerNorm, dropout, GELU, ReLU, softmax, adds) is run
+# again in backward from these, dropout masks replayed from the saved RNG state.
+_KEPT_OPS = frozenset(
+    {
+        aten.mm.default,
+        aten.addmm.default,
+        aten.bmm.default,
+        aten.baddbmm.default,
+        aten._scaled_dot_product_flash_attention_for_cpu.default,
+    }
+)
+
+
+def _keep_matmuls(_ctx: object, op: object, *_args: object, **_kwargs: object) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def recompute_elementwise(function: Callable[..., Tensor], *args: Tensor | None) -> Tensor:
+    """`function(*args)` keeping only its matmul outputs for backward (selective activation
+    checkpointing): the elementwise work between them is recomputed, the same numbers (RNG
+    state replayed) for less saved memory and a little more compute."""
+    return checkpoint(
+        function,
+        *args,
+        use_reentrant=False,
+        context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls),
+    )
+
+
+def _keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """Bernoulli(1 - p) keep mask (bool) from 31 random bits an element (two per int64 draw):
+    the same law as `bernoulli_` up to 2⁻³¹ in p, at half the draws and a 1-byte mask."""
+    numel = shape.numel()
+    draws = torch.empty((numel + 1) // 2, dtype=torch.int64, device=device).random_()
+    bits = draws.view(torch.int32)[:numel] & 0x7FFFFFFF  # [numel], uniform on [0, 2³¹)
+    return (bits >= round(p * 2**31)).view(shape)
+
+
+class _MaskedScale(torch.autograd.Function):
+    """y = x · keep / (1 - p), keeping only the bool mask for backward (CPU `F.dropout`
+    keeps a float copy of the scaled mask: 4 bytes an element in fp32)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.ops.aten.native_dropout_backward(x, keep, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, keep, ctx.scale), None, None
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same arguments, no parameters) whose training path draws its mask from
+    31-bit random integers and keeps it as bool for backward: on CPU less time than
+    `bernoulli_` and a quarter of the saved bytes of `F.dropout` in fp32. The masks differ from
+    `nn.Dropout`'s for the same seed (another RNG stream); eval and p = 0 are the identity."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return torch.zeros_like(x)
+        keep = _keep_mask(x.shape, self.p, x.device)
+        return _MaskedScale.apply(x, keep, 1.0 / (1.0 - self.p))
+
+
+def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
+    """Switch `recompute_elementwise` for every FeatureProjection and TransformerLayer in
+    `module`."""
+    for child in module.modules():
+        if isinstance(child, (FeatureProjection, TransformerLayer)):
+            child.recompute_elementwise = enabled
 
 
 def masked_fill_min(x: Tensor, mask: Tensor) -> Tensor:
@@ -47,13 +131,21 @@ def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-6) -> Tensor:
 class FeatureProjection(nn.Module):
     """LayerNorm -> Dropout -> Linear -> ReLU: MS-SL's input layer (SPEC §2 [decision])."""
 
+    # Keep only the Linear's output for backward in training (see `recompute_elementwise`).
+    recompute_elementwise: bool = False
+
     def __init__(self, in_dim: int, out_dim: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(in_dim, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:  # [..., in_dim] -> [..., out_dim]
+        if self.recompute_elementwise and self.training and torch.is_grad_enabled():
+            return recompute_elementwise(self._forward, x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         return F.relu(self.linear(self.dropout(self.norm(x))))
 
 
@@ -62,6 +154,9 @@ class TransformerLayer(nn.Module):
 
     `ffn=False` reproduces the attention-only blocks of MS-SL and GMMFormer.
     """
+
+    # Keep only the matmul outputs for backward in training (see `recompute_elementwise`).
+    recompute_elementwise: bool = False
 
     def __init__(
         self,
@@ -73,19 +168,24 @@ class TransformerLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
         self.attn_norm = nn.LayerNorm(dim)
         self.use_ffn = ffn
         if ffn:
             hidden = ffn_dim or 4 * dim
             self.ffn = nn.Sequential(
-                nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+                nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim)
             )
-            self.ffn_dropout = nn.Dropout(dropout)
+            self.ffn_dropout = Dropout(dropout)
             self.ffn_norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x: [B, L, D]; mask: [B, L] with True/1 at valid positions."""
+        if self.recompute_elementwise and self.training and torch.is_grad_enabled():
+            return recompute_elementwise(self._forward, x, mask)
+        return self._forward(x, mask)
+
+    def _forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         key_padding = None if mask is None else ~mask.bool()
         if key_padding is not None:
             # A row with no valid position would give NaNs: let it attend to everything.
@@ -134,7 +234,7 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.position = nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if layer_factory is None:
 
             def layer_factory() -> nn.Module:

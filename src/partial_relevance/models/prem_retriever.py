@@ -482,3 +482,53 @@ def index_encoding(encoding: dict[str, Tensor | None], index: Tensor) -> dict[st
     `PremRetriever.score_pairs`.
     """
     return {k: (v[index] if isinstance(v, Tensor) else v) for k, v in encoding.items()}
+
+
+# ----------------------------------------------------------------------------
+# PREM Eq. 6 restricted to the strong / weak relevant content (SPEC §4); used by the
+# retriever's loss, moved here from lit/retriever.py (issue #20).
+
+RESTRICTED_SUBTITLE_MODES = ("video", "drop")
+
+
+def restricted_pair_score(
+    net: PremRetriever,
+    queries: dict[str, Tensor | None],
+    pairs: dict[str, Tensor],
+    restrict: Tensor,
+    subtitle: str,
+) -> Tensor:
+    """Eq. 6 of aligned pairs with the maxima restricted to `restrict` `[B, L]` (the strong /
+    weak positives of SPEC §4) -> `[B]`.
+
+    With `empty_subtitle: mask`, a restricted clip set can hold no subtitle clip although the
+    video has subtitles (a moment without speech). `eq6_pair_score` then drops the subtitle term
+    (visual term alone), while every negative keeps the average `½(vis + sub)`; training
+    exploits that mismatch (push every subtitle similarity down: negatives fall, such
+    positives do not) and retrieval does not learn. `subtitle="video"` (the config default,
+    `model.restricted_subtitle`, **[decision]**) keeps the positive comparable with the
+    negatives: the visual maximum stays restricted, the subtitle maximum of such a pair runs
+    over the whole GT video. Pairs whose video has no subtitle at all keep the visual term
+    alone, as in Eq. 6 for that video.
+    `subtitle="drop"` is `eq6_pair_score` unchanged.
+    """
+    if subtitle not in RESTRICTED_SUBTITLE_MODES:
+        raise ValueError(f"subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, got {subtitle!r}")
+    base = net.score_pairs(queries, pairs, restrict)  # [B]
+    if subtitle == "drop" or not (net.use_vis and net.use_sub):
+        return base
+    subs = pairs["sub_mask"].bool() & pairs["clip_mask"].bool()  # [B, L]
+    fallback = subs.any(1) & ~(subs & restrict.bool()).any(1)  # [B]
+    if not bool(fallback.any()):
+        return base
+    args = (
+        queries["vis"],
+        queries["sub"],
+        pairs["vis"],
+        pairs["sub"],
+        pairs["clip_mask"],
+        pairs["sub_mask"],
+    )
+    vis = eq6_pair_score(*args, restrict, use_vis=True, use_sub=False)  # [B]
+    sub = eq6_pair_score(*args, None, use_vis=False, use_sub=True)  # [B]
+    return torch.where(fallback, 0.5 * (vis + sub), base)

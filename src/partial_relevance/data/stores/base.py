@@ -14,7 +14,7 @@ from partial_relevance.data.errors import DataError
 def check_features(path: Path, key: str, array: np.ndarray, dim: int | None) -> np.ndarray:
     """`array` when it is `[n >= 1, dim]` and finite; else a DataError naming path, key, row.
 
-    One vectorised `isfinite` pass (the array is read anyway): about 1 ms for a TVR video.
+    One vectorised `isfinite` pass (the array is read anyway): ~0.1 ms for a TVR video [100, 3072].
     """
     if array.ndim != 2:
         raise DataError(

@@ -14,7 +14,6 @@ parent, or inside it) gives each video's true clip count, and reads are truncate
 from __future__ import annotations
 
 import io
-import json
 import os
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -26,7 +25,7 @@ import msgpack
 import msgpack_numpy
 import numpy as np
 
-from partial_relevance.data.errors import DataError, require_exists
+from partial_relevance.data.errors import DataError, load_json, require_exists
 from partial_relevance.data.stores.base import FeatureStore
 
 FEATURE_KEY = "features"
@@ -82,10 +81,7 @@ def encode_value(array: np.ndarray, encoding: Encoding) -> bytes:
 
 def read_id2nframe(path: Path) -> dict[str, int]:
     """HERO `id2nframe.json`: `{vid_name: n_clips}`."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"malformed JSON (line {error.lineno}: {error.msg})") from None
+    raw = load_json(path)
     if not isinstance(raw, dict):
         raise DataError(path, "expected {vid_name: n_clips}")
     out: dict[str, int] = {}
