@@ -174,7 +174,10 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     }
     if n_c:
         row["ICE n_c/step"] = round(sum(n_c) / len(n_c), 1)
-    if args.memory and "compile" not in options:  # module hooks see no compiled module
+    # Module hooks see no compiled module, and a checkpointed region keeps its tensors out of
+    # saved_tensors_hooks: the census would undercount those configurations.
+    hidden = "compile" in options or "ckpt" in options or args.recompute_elementwise
+    if args.memory and not hidden:
         with bench.SavedActivations(lit) as saved:
             step(next(stream), update=False)
         row.update(saved.summary())

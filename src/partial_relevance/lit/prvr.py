@@ -32,7 +32,7 @@ from partial_relevance.losses.prvr import (
 )
 from partial_relevance.metrics.retrieval import chunked_ranks, gt_columns, recall_at_k
 from partial_relevance.metrics.store import EvalRows
-from partial_relevance.models.layers import TransformerEncoder
+from partial_relevance.models.layers import TransformerEncoder, set_recompute_elementwise
 from partial_relevance.models.precision import check_precision, inference_net, net_dtype
 from partial_relevance.models.prvr import IrmProjection, PrvrVideoEncoding, TcpClassifier
 
@@ -73,14 +73,18 @@ class PrvrLitModule(VideoQueryEvalModule):
         warmup_fraction: float,
         activation_checkpointing: bool,
         compile: bool = False,
+        recompute_elementwise: bool = False,
     ) -> None:
         """`activation_checkpointing`: every Transformer layer of the net recomputes its
         activations in the backward pass (same gradients; at batch 128 on CPU about 0.5 GB
-        (base) to 1 GB (full model) less peak memory for ~35 % more step time)."""
+        (base) to 1 GB (full model) less peak memory for ~35 % more step time).
+        `recompute_elementwise`: only the elementwise work between matmuls is recomputed
+        (`models.layers.recompute_elementwise`; same numbers)."""
         super().__init__(net, optimizer, warmup_fraction, compile)
         for module in self.net.modules():
             if isinstance(module, TransformerEncoder):
                 module.checkpointing = activation_checkpointing
+        set_recompute_elementwise(self.net, recompute_elementwise)
         self.loss_cfg = as_config(PrvrLossConfig, loss, "loss")
         self.ice_cfg = as_config(IceConfig, ice, "ice")
         self.irm_cfg = as_config(IrmConfig, irm, "irm")

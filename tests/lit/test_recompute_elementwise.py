@@ -1,0 +1,46 @@
+"""`model.recompute_elementwise=true` (only matmul outputs kept for backward) changes no loss
+and no update of the full PRVR model with dropout on."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from lit_support import golden_losses, lit_module
+from partial_relevance.data.prvr import PrvrDataModule
+from partial_relevance.lit.optim import BertAdamW
+from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.models.layers import FeatureProjection, TransformerLayer
+from partial_relevance.models.prvr import PrvrBaseModel
+
+
+def full_module(recompute: bool) -> PrvrLitModule:
+    """The tiny PRVR base with ICE, IRM and TCP on and dropout 0.15."""
+    torch.manual_seed(0)
+    net = PrvrBaseModel(video_dim=32, query_dim=16, hidden_dim=16, dropout=0.15)
+    modules = {"ice": {"enabled": True, "threshold": None}}
+    modules |= {"irm": {"enabled": True}, "tcp": {"enabled": True}}
+    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    return lit_module(
+        PrvrLitModule, "prvr", net, optimizer, **modules, recompute_elementwise=recompute
+    )
+
+
+def test_recompute_elementwise_changes_no_number(tiny_corpus):
+    dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), video_dim=32, query_dim=16, batch_size=8)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    batches = [batch for _, batch in zip(range(3), dm.train_dataloader(), strict=False)]
+    losses = []
+    for recompute in (False, True):
+        model = full_module(recompute)
+        blocks = [
+            m for m in model.modules() if isinstance(m, (FeatureProjection, TransformerLayer))
+        ]
+        assert blocks and all(m.recompute_elementwise is recompute for m in blocks)
+        optimizer = BertAdamW(model.parameters(), lr=1e-3)
+        torch.manual_seed(0)
+        losses.append([step[0] for step in golden_losses(model, optimizer, batches)])
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
