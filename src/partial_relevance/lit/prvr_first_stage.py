@@ -20,12 +20,11 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from partial_relevance.data.rankings import SplitRanking, write_rankings
+from partial_relevance.data.rankings import SplitRanking
 from partial_relevance.inference.ranking import rank_corpus
 from partial_relevance.lit.base import as_config
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.lit.retriever import RankingConfig
-from partial_relevance.metrics.vcmr import vr_metrics
+from partial_relevance.lit.retriever import RankingConfig, export_rankings
 
 
 class PrvrFirstStageLitModule(PrvrLitModule):
@@ -105,27 +104,11 @@ class PrvrFirstStageLitModule(PrvrLitModule):
     ) -> dict[str, Any]:
         """Write the ranking file of every split into `output_dir` (global rank 0 only) and
         return `{"ranking_file": path}` plus each labelled split's `<split>/VR_*` metrics."""
-        if not self.ranking_cfg.enabled or not hasattr(datamodule, "all_splits"):
-            return {}
-        path = Path(output_dir) / str(self.ranking_cfg.file)
-        out: dict[str, Any] = {"ranking_file": str(path)}
-        if not trainer.is_global_zero:
-            return out
-        device = trainer.strategy.root_device
-        was_training = self.training
-        self.eval()
-        self.to(device)
-        try:
-            rankings: dict[str, SplitRanking] = {}
-            available = datamodule.all_splits()
-            for split in self.ranking_cfg.splits:
-                if split not in available:
-                    continue
-                rankings[split], ranks, types = self.rank_split(datamodule, split, device)
-                if ranks is not None:
-                    metrics = vr_metrics(ranks.cpu(), types.cpu())
-                    out.update({f"{split}/{k}": v for k, v in metrics.items()})
-            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg.k)})
-        finally:
-            self.train(was_training)
-        return out
+        return export_rankings(
+            self,
+            trainer,
+            datamodule,
+            output_dir,
+            self.ranking_cfg,
+            lambda split, device: self.rank_split(datamodule, split, device),
+        )

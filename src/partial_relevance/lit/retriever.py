@@ -379,36 +379,61 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
         `{"ranking_file": path}` plus each split's VR metrics from the same ranking
         (`<split>/VR_R@k` for the splits not evaluated by validate/test, e.g. train).
         """
-        if not self.ranking_cfg.enabled or not hasattr(datamodule, "all_splits"):
-            return {}
-        path = Path(output_dir) / str(self.ranking_cfg.file)
-        out: dict[str, Any] = {"ranking_file": str(path)}
-        if not trainer.is_global_zero:
-            return out
-        device = trainer.strategy.root_device
-        was_training = self.training
-        self.eval()
-        self.to(device)
-        try:
-            rankings: dict[str, SplitRanking] = {}
-            available = datamodule.all_splits()
-            for split in self.ranking_cfg.splits:
-                if split not in available:
-                    continue
-                rankings[split], ranks = self.rank_split(datamodule, split, device)
-                if ranks is not None and split == "train":
-                    metrics = vr_metrics(ranks.cpu())
-                    out.update({f"{split}/{k}": v for k, v in metrics.items()})
-            write_rankings(path, rankings, attrs={"k": int(self.ranking_cfg.k)})
-        finally:
-            self.train(was_training)
+        return export_rankings(
+            self,
+            trainer,
+            datamodule,
+            output_dir,
+            self.ranking_cfg,
+            lambda split, device: (*self.rank_split(datamodule, split, device), None),
+            metric_splits=("train",),
+        )
+
+
+def export_rankings(
+    module: pl.LightningModule,
+    trainer: pl.Trainer,
+    datamodule: Any,
+    output_dir: str | Path,
+    cfg: RankingConfig,
+    rank_split: Callable[[str, torch.device], tuple[SplitRanking, Tensor | None, Tensor | None]],
+    metric_splits: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Write the ranking file of `cfg.splits` (SPEC §6.1) for any first stage; global rank 0
+    only. `rank_split(split, device)` -> (ranking, GT ranks or None, query types or None).
+    Returns `{"ranking_file": path}` plus `<split>/VR_*` for the labelled splits in
+    `metric_splits` (None: every labelled split)."""
+    if not cfg.enabled or not hasattr(datamodule, "all_splits"):
+        return {}
+    path = Path(output_dir) / str(cfg.file)
+    out: dict[str, Any] = {"ranking_file": str(path)}
+    if not trainer.is_global_zero:
         return out
+    device = trainer.strategy.root_device
+    was_training = module.training
+    module.eval()
+    module.to(device)
+    try:
+        rankings: dict[str, SplitRanking] = {}
+        available = datamodule.all_splits()
+        for split in cfg.splits:
+            if split not in available:
+                continue
+            rankings[split], ranks, types = rank_split(split, device)
+            if ranks is not None and (metric_splits is None or split in metric_splits):
+                metrics = vr_metrics(ranks.cpu(), None if types is None else types.cpu())
+                out.update({f"{split}/{k}": v for k, v in metrics.items()})
+        write_rankings(path, rankings, attrs={"k": int(cfg.k)})
+    finally:
+        module.train(was_training)
+    return out
 
 
 __all__ = [
     "PremRetrieverLitModule",
     "RankingConfig",
     "RetrieverEvalConfig",
+    "export_rankings",
     "first_occurrence",
     "gather_video_encodings",
 ]
