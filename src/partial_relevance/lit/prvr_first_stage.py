@@ -24,7 +24,7 @@ from partial_relevance.data.rankings import SplitRanking
 from partial_relevance.inference.ranking import rank_corpus
 from partial_relevance.lit.base import as_config
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.lit.retriever import RankingConfig, export_rankings
+from partial_relevance.lit.retriever import RankingConfig, export_rankings, split_ranking
 
 
 class PrvrFirstStageLitModule(PrvrLitModule):
@@ -89,15 +89,7 @@ class PrvrFirstStageLitModule(PrvrLitModule):
             positive=positive,
             chunk=int(self.eval_cfg.chunk),
         )
-        ranking = SplitRanking(
-            split,
-            [q.query_id for q in data.queries],
-            list(data.video_ids),
-            result.indices.cpu().numpy(),
-            result.scores.float().cpu().numpy(),
-            data.query_video,
-        )
-        return ranking, result.ranks, types
+        return split_ranking(split, data, result), result.ranks, types
 
     def export_artifacts(
         self, trainer: pl.Trainer, datamodule: Any, output_dir: str | Path

@@ -359,15 +359,7 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
             positive = torch.as_tensor(data.query_video, device=device)
         queries = {**queries, **({"positive": positive} if positive is not None else {})}
         result = self._rank(queries, videos, k=int(self.ranking_cfg.k))
-        ranking = SplitRanking(
-            split,
-            [q.query_id for q in data.queries],
-            list(data.video_ids),
-            result.indices.cpu().numpy(),
-            result.scores.float().cpu().numpy(),
-            data.query_video,
-        )
-        return ranking, result.ranks
+        return split_ranking(split, data, result), result.ranks
 
     def export_artifacts(
         self, trainer: pl.Trainer, datamodule: Any, output_dir: str | Path
@@ -388,6 +380,19 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
             lambda split, device: (*self.rank_split(datamodule, split, device), None),
             metric_splits=("train",),
         )
+
+
+def split_ranking(split: str, data: Any, result: Any) -> SplitRanking:
+    """The ranking file's record of one split: `data` (a loaded split with `queries`,
+    `video_ids`, `query_video`) and `result` (`rank_corpus`'s top-k indices and scores)."""
+    return SplitRanking(
+        split,
+        [q.query_id for q in data.queries],
+        list(data.video_ids),
+        result.indices.cpu().numpy(),
+        result.scores.float().cpu().numpy(),
+        data.query_video,
+    )
 
 
 def export_rankings(
@@ -436,4 +441,5 @@ __all__ = [
     "export_rankings",
     "first_occurrence",
     "gather_video_encodings",
+    "split_ranking",
 ]
