@@ -88,7 +88,13 @@ def main() -> int:
             if done.returncode != 0:
                 print(done.stdout[-2000:] + done.stderr[-3000:], file=sys.stderr)
                 return 1
-            for row in last_json_line(done.stdout)["rows"]:
+            rows = last_json_line(done.stdout)["rows"]
+            failed = [row for row in rows if "error" in row]
+            if failed:  # a configuration's child crashed: no medians from a partial run
+                for row in failed:
+                    print(f"{name}: {row_name(row)} failed: {row['error']}", file=sys.stderr)
+                return 1
+            for row in rows:
                 kept = {c: row[c] for c in COLUMNS if isinstance(row.get(c), (int, float))}
                 runs.append(
                     {"variant": name, "round": round_index + 1, "row": row_name(row)}

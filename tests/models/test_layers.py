@@ -1,5 +1,6 @@
-"""TransformerLayer's attention through `scaled_dot_product_attention` computes what
-`nn.MultiheadAttention` computes, from the same weights."""
+"""The shared layers: TransformerLayer's attention through `scaled_dot_product_attention`
+computes what `nn.MultiheadAttention` computes from the same weights, and the dropout path
+(16-bit keep masks, 1/(1 - p) folded into the neighbouring Linear) keeps the law and numbers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from partial_relevance.models.layers import (
     Dropout,
     FeatureProjection,
     TransformerLayer,
+    dropout_linear,
+    keep_mask,
     set_recompute_elementwise,
 )
 
@@ -103,3 +106,43 @@ def test_dropout_keeps_one_minus_p_and_saves_a_bool_mask() -> None:
     torch.manual_seed(3)
     assert torch.equal(dropout(x), first)  # seeded like every torch RNG op
     assert dropout.eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+def test_keep_mask_is_unbiased_at_every_int16_lane() -> None:
+    """Four mask elements come from each int64 draw: every lane keeps 1 - p (the top lane too,
+    which a plain `random_()` would leave with a zero sign bit), p rounded to 2⁻¹⁶."""
+    torch.manual_seed(0)
+    keep = keep_mask(torch.Size([4 * 250_000]), 0.15, torch.device("cpu")).view(-1, 4)
+    rates = keep.float().mean(0)
+    expected = 1 - round(0.15 * 2**16) / 2**16
+    assert torch.all((rates - expected).abs() < 0.004), rates  # 250k draws a lane: σ ≈ 0.0007
+    assert not keep_mask(torch.Size([10]), 1.0, torch.device("cpu")).any()
+    assert keep_mask(torch.Size([10]), 0.0, torch.device("cpu")).all()
+
+
+@pytest.mark.parametrize("where", ["before", "after", "both"])
+def test_dropout_linear_equals_the_unfused_chain(where: str) -> None:
+    """`dropout_linear` folds 1/(1 - p) into the Linear: same masks (same RNG order), same
+    outputs and gradients as `after(linear(before(x)))`, and the plain Linear in eval."""
+    linear = torch.nn.Linear(6, 5)
+    before = Dropout(0.3).train() if where in ("before", "both") else None
+    after = Dropout(0.2).train() if where in ("after", "both") else None
+    x = torch.randn(7, 3, 6, requires_grad=True)
+
+    def unfused() -> torch.Tensor:
+        y = linear(x if before is None else before(x))
+        return y if after is None else after(y)
+
+    results = []
+    for fn in (unfused, lambda: dropout_linear(x, linear, before, after)):
+        torch.manual_seed(5)
+        y = fn()
+        grads = torch.autograd.grad((y * torch.arange(5.0)).sum(), [x, *linear.parameters()])
+        results.append([y, *grads])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert (results[0][0] == 0).any() == (after is not None)
+    for d in (before, after):
+        if d is not None:
+            d.eval()
+    torch.testing.assert_close(dropout_linear(x, linear, before, after), linear(x))
