@@ -53,9 +53,12 @@ def test_trained_base_model_beats_chance_by_a_wide_margin(trained_run):
     _, out = trained_run
     metrics = json.loads((out / "metrics.json").read_text())
     print({k: round(v, 2) for k, v in metrics.items() if k.startswith("val/")})
-    # R@100 is 100 for any ranking of 80 videos: compare the informative cut-offs.
-    assert metrics["val/R@1"] > 3 * metrics["val/R@1_chance"]
+    # R@100 is 100 for any ranking of 80 videos: compare the informative cut-offs. Over seeds
+    # 1-10 this run gives R@1 3.75-8.75 (chance 1.25; 240 queries: one run's R@1 has a binomial
+    # spread of ±1.4 points), R@10 ≥ 30 (chance 12.5) and SumR 144-167 (chance 120).
+    assert metrics["val/R@1"] > 2 * metrics["val/R@1_chance"]
     assert metrics["val/R@10"] > 2 * metrics["val/R@10_chance"]
+    assert metrics["val/SumR"] > metrics["val/SumR_chance"] + 20
 
 
 def _eval_ranks(lit: PrvrLitModule, dm: PrvrDataModule, precision: str, index_dtype: str):
@@ -81,7 +84,7 @@ def test_reduced_precision_ranks_agree_with_fp32(trained_run):
     dm = hydra.utils.instantiate(cfg.data)
     dm.setup("validate")
     reference = _eval_ranks(lit, dm, "fp32", "float32")
-    assert recall_at_k(reference)["R@1"] > 3 * 100 / dm.num_videos("val")  # a trained model
+    assert recall_at_k(reference)["R@10"] > 2 * 1000 / dm.num_videos("val")  # a trained model
     for precision, index_dtype in [("fp32", "float16"), ("bf16", "float16"), ("bf16", "bfloat16")]:
         ranks = _eval_ranks(lit, dm, precision, index_dtype)
         same = (ranks == reference).double().mean().item()
