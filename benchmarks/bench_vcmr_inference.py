@@ -32,6 +32,8 @@ from common import (
     add_peer_ratio,
     load_average,
     machine_facts,
+    model_sections,
+    net_arguments,
     peak_rss_mb,
     percent_of_peak,
     record_result,
@@ -50,6 +52,23 @@ from partial_relevance.models.prem_localizer import PremLocalizer
 TVR_VAL_QUERIES = 10895
 TVR_VAL_VIDEOS = 2179
 VISUAL_DIM, SUB_DIM, QUERY_DIM = 4352, 768, 768  # SPEC §1.1
+# The localizer as `model=prem_localizer data=vcmr_localizer_tvr` composes it (no file is read).
+TVR_LOCALIZER = ["data=vcmr_localizer_tvr"]
+
+
+def inference_config(args: argparse.Namespace, precision: str) -> VcmrInferenceConfig:
+    """SPEC §6 settings of `model=prem_localizer` with this run's k, batch, grouping and
+    precision."""
+    sections = model_sections("prem_localizer", TVR_LOCALIZER)
+    return VcmrInferenceConfig.from_mapping(
+        {
+            **sections["inference"],
+            "k_videos": args.k,
+            "query_chunk": args.batch,
+            "pair_group": args.pair_group,
+            "precision": precision,
+        }
+    )
 
 
 def random_videos(n: int, generator: torch.Generator, max_clips: int = 100) -> list[dict]:
@@ -144,7 +163,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    net = PremLocalizer().eval()  # full size: hidden 384, FFN 1536, 4 heads (PREM §4.2)
+    # Full size from the config: hidden 384, FFN 1536, 4 heads (PREM §4.2), TVR's dimensions.
+    net = PremLocalizer(**net_arguments("prem_localizer", TVR_LOCALIZER)).eval()
     videos = random_videos(args.videos, generator)
     batches = [
         query_batch(
@@ -158,12 +178,7 @@ def main() -> None:
     notes = []
     with torch.no_grad():
         for precision in [p for p in args.precisions.split(",") if p]:
-            cfg = VcmrInferenceConfig(
-                k_videos=args.k,
-                query_chunk=args.batch,
-                pair_group=args.pair_group,
-                precision=precision,
-            )
+            cfg = inference_config(args, precision)
             runner = inference_net(net, precision)
             warm = VideoCache.build(runner, video_batches(videos, [0, 1], 2), "cpu")
             first = batches[0]
@@ -213,9 +228,7 @@ def main() -> None:
             print(rows[-1], flush=True)
 
         # CONQUER-style: every (query, video) pair re-encodes its video (fp32, fewer queries).
-        cfg = VcmrInferenceConfig(
-            k_videos=args.k, query_chunk=args.batch, pair_group=args.pair_group
-        )
+        cfg = inference_config(args, "fp32")
         nq = min(args.no_cache_queries, args.queries)
         batch = {k: v[:nq] for k, v in batches[0].items()}
         start = time.perf_counter()

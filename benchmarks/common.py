@@ -496,10 +496,9 @@ class SavedActivations:
         }
 
 
-def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Every LightningModule argument of `model=<model>` but `net` and `optimizer`, composed
-    from the configs (the one source of every default) with Hydra `overrides`
-    (e.g. `model.ice.enabled=true`)."""
+def model_config(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """`model=<model>` composed from the configs (the one source of every default) with Hydra
+    `overrides` (e.g. `model.ice.enabled=true`), every interpolation resolved."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -507,8 +506,17 @@ def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, 
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", *(overrides or [])])
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
+def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Every LightningModule argument of `model=<model>` but `net` and `optimizer`."""
+    config = model_config(model, overrides)
     return {
-        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-        for key, value in cfg.model.items()
-        if key not in ("_target_", "_recursive_", "net", "optimizer")
+        k: v for k, v in config.items() if k not in ("_target_", "_recursive_", "net", "optimizer")
     }
+
+
+def net_arguments(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The net's constructor arguments of `model=<model>` (its `net` section, no `_target_`)."""
+    return {k: v for k, v in model_config(model, overrides)["net"].items() if k != "_target_"}

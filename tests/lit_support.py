@@ -28,16 +28,24 @@ NOT_SECTIONS = ("_target_", "_recursive_", "net", "optimizer")
 
 
 @functools.cache
-def _sections(model: str) -> dict[str, Any]:
+def _model_config(model: str) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"data={DATA_OF_MODEL[model]}"])
-    return {
-        key: OmegaConf.to_container(cfg.model[key], resolve=True)
-        if OmegaConf.is_config(cfg.model[key])
-        else cfg.model[key]
-        for key in cfg.model
-        if key not in NOT_SECTIONS
-    }
+    return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
+
+
+def _sections(model: str) -> dict[str, Any]:
+    return {k: v for k, v in _model_config(model).items() if k not in NOT_SECTIONS}
+
+
+def net_arguments(model: str, **overrides: Any) -> dict[str, Any]:
+    """The net's constructor arguments of `model=<model>` (its `net` section, composed from the
+    config, `_target_` dropped) with `overrides` (tiny sizes, switches)."""
+    net = {k: v for k, v in _model_config(model)["net"].items() if k != "_target_"}
+    unknown = set(overrides) - set(net)
+    if unknown:
+        raise KeyError(f"model={model} net has no keys {sorted(unknown)}")
+    return {**net, **overrides}
 
 
 def model_sections(model: str, **overrides: Any) -> dict[str, Any]:
@@ -53,6 +61,16 @@ def model_sections(model: str, **overrides: Any) -> dict[str, Any]:
         else:
             sections[key] = value
     return sections
+
+
+def inference_config(**overrides: Any) -> Any:
+    """`VcmrInferenceConfig` of `model=prem_localizer` (SPEC §6, composed from the config) with
+    `overrides` (`k_videos=10`, `precision="bf16"`, ...)."""
+    from partial_relevance.inference.vcmr import VcmrInferenceConfig
+
+    return VcmrInferenceConfig.from_mapping(
+        {**model_sections("prem_localizer")["inference"], **overrides}
+    )
 
 
 def lit_module(

@@ -4,16 +4,21 @@ the test writes (random top-k lists, so no retriever has to be trained)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from lit_support import net_arguments
 from partial_relevance.data.rankings import SplitRanking, write_rankings
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.data.vcmr_localizer import VcmrLocalizerDataModule
+from partial_relevance.models.prem_localizer import PremLocalizer
+from partial_relevance.models.prem_retriever import PremRetriever
 from support import TINY_SYNTHETIC, TINY_VCMR_DIMS
 
-# Keyword arguments of a tiny PremRetriever / PremLocalizer on the TINY_SYNTHETIC corpus.
+# Sizes of a tiny PremRetriever / PremLocalizer on the TINY_SYNTHETIC corpus (the other
+# arguments come from the model config, `net_arguments`).
 TINY_PREM_NET = {
     **TINY_VCMR_DIMS,
     "hidden_dim": 16,
@@ -21,6 +26,16 @@ TINY_PREM_NET = {
     "ffn_dim": 32,
     "dropout": 0.0,
 }
+
+
+def tiny_retriever(**overrides: Any) -> PremRetriever:
+    """`PremRetriever` of `model=prem_retriever` at the TINY_PREM_NET sizes, with overrides."""
+    return PremRetriever(**net_arguments("prem_retriever", **{**TINY_PREM_NET, **overrides}))
+
+
+def tiny_localizer(**overrides: Any) -> PremLocalizer:
+    """`PremLocalizer` of `model=prem_localizer` at the TINY_PREM_NET sizes, with overrides."""
+    return PremLocalizer(**net_arguments("prem_localizer", **{**TINY_PREM_NET, **overrides}))
 
 
 def write_random_rankings(

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_support import inference_config
 from partial_relevance.inference.spans import decode_top_spans, span_scores
 from partial_relevance.inference.vcmr import (
     UniformLocalizer,
@@ -23,7 +24,7 @@ from partial_relevance.inference.vcmr import (
 from partial_relevance.metrics.submission import ground_truth_from_tvr_jsonl, score_submission
 from partial_relevance.models.prem_localizer import PremLocalizer
 from partial_relevance.prem_pipeline import run_pipeline
-from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
+from prem_support import tiny_localizer, tiny_localizer_datamodule, write_random_rankings
 from support import TINY_RUN_OVERRIDES, TINY_SYNTHETIC_OVERRIDES
 
 
@@ -35,7 +36,7 @@ def datamodule(tmp_path_factory, synthetic_cache, tiny_corpus):
 
 def tiny_net(seed: int = 0) -> PremLocalizer:
     torch.manual_seed(seed)
-    net = PremLocalizer(**TINY_PREM_NET)
+    net = tiny_localizer()
     return net.eval()
 
 
@@ -105,7 +106,7 @@ def _reference_predictions(net, dm, cfg: VcmrInferenceConfig, qi: int) -> np.nda
 @pytest.mark.parametrize("norm", ["joint", "per_video"])
 def test_video_cache_gives_the_predictions_of_reencoding_each_pair(datamodule, norm):
     net = tiny_net()
-    cfg = VcmrInferenceConfig(k_videos=10, norm=norm, max_len=24)
+    cfg = inference_config(k_videos=10, norm=norm, max_len=24)
     cached = run_vcmr(net, datamodule, "val", cfg)
     split = datamodule.splits["val"]
     for qi in (0, 7, len(split.queries) - 1):
@@ -118,7 +119,7 @@ def test_video_cache_gives_the_predictions_of_reencoding_each_pair(datamodule, n
 
 
 def test_predictions_shapes_and_random_baseline(datamodule):
-    cfg = VcmrInferenceConfig(k_videos=10)
+    cfg = inference_config(k_videos=10)
     predictions = run_vcmr(UniformLocalizer(), datamodule, "val", cfg)
     split = datamodule.splits["val"]
     ranking = datamodule.rankings["val"]
@@ -200,8 +201,8 @@ def test_grouped_localization_and_reused_gt_logits_change_nothing(datamodule):
     for a, d in zip(reused[:2], direct[:2]):
         valid = direct[2]
         torch.testing.assert_close(a[:, :width][valid], d[valid], atol=1e-5, rtol=1e-5)
-    cfg = VcmrInferenceConfig(k_videos=10)
-    small = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10, pair_group=1))
+    cfg = inference_config(k_videos=10)
+    small = run_vcmr(net, datamodule, "val", inference_config(k_videos=10, pair_group=1))
     default = run_vcmr(net, datamodule, "val", cfg)
     for desc_id, rows in default.svmr.items():
         np.testing.assert_allclose(rows[:, :3], small.svmr[desc_id][:, :3], atol=1e-6)
@@ -211,10 +212,10 @@ def test_bf16_inference_agrees_with_fp32(datamodule):
     """`inference.precision=bf16` (a bf16 copy and bf16 cache) keeps the fp32 weights and
     puts most queries' best moment in the same video as fp32 does."""
     net = tiny_net()
-    fp32 = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10))
-    bf16 = run_vcmr(net, datamodule, "val", VcmrInferenceConfig(k_videos=10, precision="bf16"))
+    fp32 = run_vcmr(net, datamodule, "val", inference_config(k_videos=10))
+    bf16 = run_vcmr(net, datamodule, "val", inference_config(k_videos=10, precision="bf16"))
     assert all(p.dtype == torch.float32 for p in net.parameters())
     same_video = [bf16.vcmr[d][0, 0] == rows[0, 0] for d, rows in fp32.vcmr.items()]
     assert np.mean(same_video) >= 0.8
     with pytest.raises(ValueError, match="precision"):
-        VcmrInferenceConfig(precision="fp8")
+        inference_config(precision="fp8")

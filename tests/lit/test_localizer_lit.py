@@ -11,8 +11,7 @@ import torch
 
 from lit_support import golden_losses, lit_module
 from partial_relevance.lit.localizer import PremLocalizerLitModule
-from partial_relevance.models.prem_localizer import PremLocalizer
-from prem_support import TINY_PREM_NET, tiny_localizer_datamodule, write_random_rankings
+from prem_support import tiny_localizer, tiny_localizer_datamodule, write_random_rankings
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def datamodule(tmp_path_factory, synthetic_cache, tiny_corpus):
 
 def make_module(seed: int = 0, **kwargs) -> PremLocalizerLitModule:
     torch.manual_seed(seed)
-    net = PremLocalizer(**TINY_PREM_NET)
+    net = tiny_localizer()
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     return lit_module(PremLocalizerLitModule, "prem_localizer", net, optimizer, **kwargs)
 

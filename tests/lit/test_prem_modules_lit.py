@@ -12,8 +12,7 @@ import torch
 from lit_support import lit_module
 from partial_relevance.data.vcmr import VcmrRetrieverDataModule
 from partial_relevance.lit.retriever import PremRetrieverLitModule
-from partial_relevance.models.prem_retriever import PremRetriever
-from prem_support import TINY_PREM_NET
+from prem_support import tiny_retriever
 from support import TINY_SYNTHETIC, compose_train_config
 
 
@@ -36,7 +35,7 @@ def module(**switches) -> PremRetrieverLitModule:
     torch.manual_seed(0)
     irm = bool(switches.get("irm", {}).get("enabled"))
     tcp = bool(switches.get("tcp", {}).get("enabled"))
-    net = PremRetriever(**TINY_PREM_NET, irm=irm, tcp=tcp)
+    net = tiny_retriever(irm=irm, tcp=tcp)
     optimizer = partial(torch.optim.AdamW, lr=1e-3)
     return lit_module(PremRetrieverLitModule, "prem_retriever", net, optimizer, **switches)
 
@@ -73,7 +72,7 @@ def test_each_switch_adds_its_weighted_term_to_the_unchanged_loss(batch, name, t
 
 
 def test_a_module_needs_its_head_in_the_net():
-    net, adamw = PremRetriever(**TINY_PREM_NET), partial(torch.optim.AdamW)
+    net, adamw = tiny_retriever(), partial(torch.optim.AdamW)
     with pytest.raises(ValueError, match="model.net.irm"):
         lit_module(PremRetrieverLitModule, "prem_retriever", net, adamw, irm={"enabled": True})
     with pytest.raises(ValueError, match="unknown keys"):

@@ -25,12 +25,11 @@ from partial_relevance.inference.ranking import rank_corpus
 from partial_relevance.lit.retriever import PremRetrieverLitModule, gather_video_encodings
 from partial_relevance.metrics.vcmr import GroundTruth, vr_metrics, vr_recall
 from partial_relevance.models.prem_retriever import (
-    PremRetriever,
     index_encoding,
     restricted_pair_score,
 )
 from partial_relevance.train import train
-from prem_support import TINY_PREM_NET
+from prem_support import tiny_retriever
 from support import TINY_SYNTHETIC, compose_train_config
 
 DIMS = {
@@ -58,7 +57,7 @@ def dm(synthetic_cache, tiny_corpus) -> VcmrRetrieverDataModule:
 
 def tiny_module(seed: int = 0, **kwargs) -> PremRetrieverLitModule:
     torch.manual_seed(seed)
-    net = PremRetriever(**TINY_PREM_NET)
+    net = tiny_retriever()
     optimizer = partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     return lit_module(PremRetrieverLitModule, "prem_retriever", net, optimizer, **kwargs)
 
@@ -110,7 +109,8 @@ def test_positive_warmup_trains_with_the_whole_video_positive_first(dm):
 def test_restricted_positive_keeps_the_subtitle_term_of_a_subtitled_video():
     """A moment without subtitle clips in a subtitled video: the visual maximum stays inside
     the moment, the subtitle maximum runs over the video (not dropped, SPEC §4 note)."""
-    net = PremRetriever(visual_dim=4, subtitle_dim=4, query_dim=4, hidden_dim=2, num_heads=1)
+    dims = {"visual_dim": 4, "subtitle_dim": 4, "query_dim": 4, "hidden_dim": 2, "num_heads": 1}
+    net = tiny_retriever(**dims)
     q = {"vis": torch.tensor([[1.0, 0.0]]), "sub": torch.tensor([[0.0, 1.0]])}
     pairs = {
         "vis": torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]]),

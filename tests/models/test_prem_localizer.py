@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_support import net_arguments
 from partial_relevance.models.prem_localizer import (
     ModalityGate,
     PremLocalizer,
@@ -20,7 +21,7 @@ DIMS = dict(visual_dim=12, subtitle_dim=10, query_dim=8, hidden_dim=16, ffn_dim=
 
 def small_localizer(**kwargs) -> PremLocalizer:
     torch.manual_seed(0)
-    return PremLocalizer(**{**DIMS, **kwargs}).eval()
+    return PremLocalizer(**net_arguments("prem_localizer", **{**DIMS, **kwargs})).eval()
 
 
 def video_inputs(V: int = 3, L: int = 6):

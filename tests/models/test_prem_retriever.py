@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from lit_support import net_arguments
 from partial_relevance.models.prem_retriever import (
     PremRetriever,
-    eq6_pair_score,
     eq6_score,
     index_encoding,
 )
@@ -22,7 +22,7 @@ def small_retriever(**kwargs) -> PremRetriever:
     torch.manual_seed(0)
     args = dict(visual_dim=12, subtitle_dim=10, query_dim=8, hidden_dim=16, ffn_dim=32)
     args.update(kwargs)
-    return PremRetriever(**args).eval()
+    return PremRetriever(**net_arguments("prem_retriever", **args)).eval()
 
 
 def hand_case():
@@ -89,13 +89,13 @@ def test_eq6_restrict_limits_both_maxima():
     torch.testing.assert_close(empty, torch.zeros(2, 2))
 
 
-def test_eq6_pair_score_matches_full_matrix_diagonal():
+def test_eq6_aligned_score_matches_full_matrix_diagonal():
     q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask = hand_case()
     full = eq6_score(q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask)
-    pairs = eq6_pair_score(q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask)
+    pairs = eq6_score(q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask, aligned=True)
     torch.testing.assert_close(pairs, full.diagonal())
     restrict = torch.tensor([[True, False, False], [False, True, True]])
-    pairs_r = eq6_pair_score(q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask, restrict)
+    pairs_r = eq6_score(q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask, restrict, aligned=True)
     full_r = eq6_score(
         q_vis, q_sub, h_vis, h_sub, clip_mask, sub_mask, restrict[None].expand(2, -1, -1)
     )

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from partial_relevance.models.prem_retriever import PremRetriever
-from prem_support import TINY_PREM_NET
+from prem_support import TINY_PREM_NET, tiny_retriever
 
 
 def tiny(**kwargs) -> PremRetriever:
     torch.manual_seed(0)
-    return PremRetriever(**{**TINY_PREM_NET, **kwargs}).eval()
+    return tiny_retriever(**kwargs).eval()
 
 
 def inputs(V: int = 2, L: int = 5):

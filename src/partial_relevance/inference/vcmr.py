@@ -25,14 +25,13 @@ localizer baseline, run through the very same pipeline on the same retrieved vid
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from partial_relevance.data.preprocess import CLIP_SECONDS
 from partial_relevance.data.vcmr import VcmrSplit
 from partial_relevance.inference.ranking import VIDEO_KEYS, pad_clips
 from partial_relevance.inference.spans import decode_top_spans_batch, span_scores
@@ -59,21 +58,22 @@ NORMS = ("joint", "per_video")
 
 @dataclass(frozen=True)
 class VcmrInferenceConfig:
-    """SPEC §6 settings (config `model.inference`)."""
+    """SPEC §6 settings: `model.inference` of `conf/model/prem_localizer.yaml`, the one source of
+    their values (tests and benchmarks compose it from there)."""
 
-    k_videos: int = 10  # SPEC §6.2
-    norm: str = "joint"  # SPEC §6.2 [decision: reconstructed Eq. 13]: joint | per_video
-    min_len: int = 1  # SPEC §6.3: span length window in clips (TVR 1-24, DiDeMo 1-20)
-    max_len: int = 24
-    tau: float = 0.01  # τ of the retrieval term, SPEC §4
-    top_n: int = 200  # SPEC §6.4: spans kept before NMS
-    nms_iou: float | None = 0.7  # SPEC §6.4
-    out_n: int = 100  # SPEC §6.4 / §7: predictions a query
-    clip_seconds: float = CLIP_SECONDS  # SPEC §1.3
-    query_chunk: int = 64  # queries localized at once (× k_videos pairs)
-    pair_group: int = 64  # pairs per localizer call, grouped by video length (less padding)
-    svmr: bool = True  # also decode SVMR (GT video; its logits reused when it is in the top k)
-    precision: str = "fp32"  # fp32 | bf16: localizer and video cache in bf16 (CPU bf16 units)
+    k_videos: int  # SPEC §6.2
+    norm: str  # SPEC §6.2 [decision: reconstructed Eq. 13]: joint | per_video
+    min_len: int  # SPEC §6.3: span length window in clips (TVR 1-24, DiDeMo 1-20)
+    max_len: int
+    tau: float  # τ of the retrieval term, SPEC §4
+    top_n: int  # SPEC §6.4: spans kept before NMS
+    nms_iou: float | None  # SPEC §6.4
+    out_n: int  # SPEC §6.4 / §7: predictions a query
+    clip_seconds: float  # SPEC §1.3
+    query_chunk: int  # queries localized at once (× k_videos pairs)
+    pair_group: int  # pairs per localizer call, grouped by video length (less padding)
+    svmr: bool  # also decode SVMR (GT video; its logits reused when it is in the top k)
+    precision: str  # fp32 | bf16: localizer and video cache in bf16 (CPU bf16 units)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -83,17 +83,17 @@ class VcmrInferenceConfig:
             raise ValueError("inference.pair_group and inference.query_chunk must be >= 1")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None) -> VcmrInferenceConfig:
-        """From a config dict; unknown keys are an error naming the valid ones."""
-        values = dict(values or {})
+    def from_mapping(cls, values: Mapping[str, Any]) -> VcmrInferenceConfig:
+        """From a config dict holding every field; unknown or missing keys are an error naming
+        them and the valid ones."""
+        values = dict(values)
         valid = {f.name for f in fields(cls)}
-        unknown = set(values) - valid
-        if unknown:
-            raise ValueError(f"inference: unknown keys {sorted(unknown)}; valid: {sorted(valid)}")
+        unknown, missing = sorted(set(values) - valid), sorted(valid - set(values))
+        if unknown or missing:
+            raise ValueError(
+                f"inference: unknown keys {unknown}, missing keys {missing}; valid: {sorted(valid)}"
+            )
         return cls(**values)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class PremLocalizerLitModule(PartialRelevanceModule):
         warmup_fraction: float | None,
         inference: Mapping,
         export_splits: Sequence[str],
-        compile: bool = False,
+        compile: bool,
     ) -> None:
         """Every value comes from `conf/model/prem_localizer.yaml` (λ, top-5: SPEC §5)."""
         super().__init__(net, optimizer, warmup_fraction, compile)

@@ -1,20 +1,21 @@
 """ICE / IRM / TCP switches of PREM's retriever: the wiring of `losses.prem_modules`.
 
-`PremModules` holds the three module configs (each with its own `enabled` switch, the PRVR
-paper's weights as defaults, SPEC §3) and computes their terms for one retriever training
-batch from the encodings the retriever loss already computed (plus, for TCP, one shuffled
-re-encoding of the batch's videos). With every module off it computes nothing and the
-retriever's loss is untouched.
+`PremModules` holds the three module configs (each with its own `enabled` switch; every value
+from `conf/model/prem_retriever.yaml`: the PRVR paper's weights, SPEC §3) and computes their
+terms for one retriever training batch from the encodings the retriever loss already computed
+(plus, for TCP, one shuffled re-encoding of the batch's videos). With every module off it
+computes nothing and the retriever's loss is untouched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from partial_relevance.lit.base import as_config
 from partial_relevance.losses.prem_modules import (
     prem_ice_loss,
     prem_irm_loss,
@@ -23,67 +24,55 @@ from partial_relevance.losses.prem_modules import (
     stream_moment_scores,
     tcp_stream_labels,
 )
-from partial_relevance.losses.prvr import tcp_shuffle
+from partial_relevance.losses.prvr import IceConfig, IrmConfig, tcp_shuffle
 from partial_relevance.models.prem_retriever import PremRetriever
 
-# Similarity rule of the modules' triplet / InfoNCE terms: PRVR's (SPEC §3), not PREM's τ.
-DEFAULT_RULE = {"margin": 0.2, "nce_sim": "dot", "tau": 1.0, "nce_average": "video"}
-DEFAULT_ICE = {
-    "enabled": False,
-    "threshold": 0.4,  # β_t, PRVR §4.1.3
-    "weight": 0.1,  # λ₃, PRVR Eq. 13
-    "nce_weight": 0.04,  # SPEC §3 [decision, revised]: λ₂ on ICE's InfoNCE
-}
-DEFAULT_IRM = {
-    "enabled": False,
-    "neg": True,
-    "red": True,
-    "shared_fc": True,  # read by the net (PremRetriever(irm_shared_fc=...))
-    "weight": 1.0,  # λ₄
-    "neg_nce_weight": 0.04,  # SPEC §3 [decision, revised]: λ₂
-    "red_nce_weight": 0.04,
-}
-DEFAULT_TCP = {
-    "enabled": False,
-    "groups": 8,  # g, PRVR §4.1.3 (read by the net)
-    "ratio": 0.25,  # β_r
-    "weight": 1.0,  # λ₅
-}
+
+@dataclass(frozen=True)
+class PremTcpConfig:
+    """`model.tcp` of PREM's retriever (PRVR §3.5 on each stream): switch, g, β_r, λ₅."""
+
+    enabled: bool
+    groups: int  # read by the net (PremRetriever(tcp_groups=...))
+    ratio: float
+    weight: float
 
 
-def _merged(name: str, defaults: dict, given: Mapping | None) -> dict:
-    unknown = set(given or {}) - set(defaults)
-    if unknown:
-        raise ValueError(
-            f"model.{name}: unknown keys {sorted(unknown)}; valid keys: {sorted(defaults)}"
-        )
-    return {**defaults, **dict(given or {})}
+@dataclass(frozen=True)
+class ModuleLossRule:
+    """`model.module_loss`: the modules' triplet / InfoNCE rule, PRVR's (SPEC §3), not PREM's τ."""
+
+    margin: float
+    nce_sim: str
+    tau: float
+    nce_average: str
 
 
 class PremModules:
-    """The three PRVR modules on PREM's retriever (see `losses.prem_modules`)."""
+    """The three PRVR modules on PREM's retriever (see `losses.prem_modules`); every value from
+    `conf/model/prem_retriever.yaml` (`ice`, `irm`, `tcp`, `module_loss`)."""
 
     def __init__(
         self,
-        ice: Mapping | None = None,
-        irm: Mapping | None = None,
-        tcp: Mapping | None = None,
-        rule: Mapping | None = None,
+        ice: IceConfig | Mapping,
+        irm: IrmConfig | Mapping,
+        tcp: PremTcpConfig | Mapping,
+        rule: ModuleLossRule | Mapping,
     ) -> None:
-        self.ice = _merged("ice", DEFAULT_ICE, ice)
-        self.irm = _merged("irm", DEFAULT_IRM, irm)
-        self.tcp = _merged("tcp", DEFAULT_TCP, tcp)
-        self.rule = _merged("module_loss", DEFAULT_RULE, rule)
+        self.ice = as_config(IceConfig, ice, "ice")
+        self.irm = as_config(IrmConfig, irm, "irm")
+        self.tcp = as_config(PremTcpConfig, tcp, "tcp")
+        self.rule = as_config(ModuleLossRule, rule, "module_loss")
 
     @property
     def any_enabled(self) -> bool:
-        return bool(self.ice["enabled"] or self.irm["enabled"] or self.tcp["enabled"])
+        return bool(self.ice.enabled or self.irm.enabled or self.tcp.enabled)
 
     def check_net(self, net: PremRetriever) -> None:
         """The net must carry the heads the enabled modules need (and the same settings)."""
-        if self.irm["enabled"] and net.irm_projection is None:
+        if self.irm.enabled and net.irm_projection is None:
             raise ValueError("model.irm.enabled needs model.net.irm=true (the FC of Eq. 9)")
-        if self.tcp["enabled"] and net.tcp_heads is None:
+        if self.tcp.enabled and net.tcp_heads is None:
             raise ValueError("model.tcp.enabled needs model.net.tcp=true (TCP's classifiers)")
 
     def terms(
@@ -100,27 +89,27 @@ class PremModules:
         y = batch["query_video"]
         rule = self.rule
         streams = {s: (queries[s], videos[s], net.stream_mask(videos, s)) for s in net.streams}
-        if self.ice["enabled"]:
+        if self.ice.enabled:
             out.update(
                 prem_ice_loss(
                     streams,  # type: ignore[arg-type]
                     y,
-                    self.ice["threshold"],
-                    rule["margin"],
-                    rule["nce_sim"],
-                    rule["tau"],
-                    rule["nce_average"],
-                    nce_weight=self.ice["nce_weight"],
+                    self.ice.threshold,
+                    rule.margin,
+                    rule.nce_sim,
+                    rule.tau,
+                    rule.nce_average,
+                    nce_weight=self.ice.nce_weight,
                 )
             )
-        if self.irm["enabled"]:
+        if self.irm.enabled:
             irm_streams: dict[str, dict[str, Tensor]] = {}
             for s, (q, clips, valid) in streams.items():
                 assert q is not None
                 target, target_valid = net.target_clips(queries, videos, s, y)
                 v = net.video_feature(videos, s)[y]  # [B, D]
                 r_v, r_q = net.redundant_features(v, target, q)
-                cos, nce, _ = stream_moment_scores(q, clips, valid, rule["nce_sim"])
+                cos, nce, _ = stream_moment_scores(q, clips, valid, rule.nce_sim)
                 irm_streams[s] = {
                     "q": q,
                     "r_v": r_v,
@@ -133,17 +122,17 @@ class PremModules:
                 prem_irm_loss(
                     irm_streams,
                     y,
-                    rule["margin"],
-                    rule["nce_sim"],
-                    rule["tau"],
-                    rule["nce_average"],
-                    self.irm["neg"],
-                    self.irm["red"],
-                    neg_nce_weight=self.irm["neg_nce_weight"],
-                    red_nce_weight=self.irm["red_nce_weight"],
+                    rule.margin,
+                    rule.nce_sim,
+                    rule.tau,
+                    rule.nce_average,
+                    self.irm.neg,
+                    self.irm.red,
+                    neg_nce_weight=self.irm.neg_nce_weight,
+                    red_nce_weight=self.irm.red_nce_weight,
                 )
             )
-        if self.tcp["enabled"]:
+        if self.tcp.enabled:
             out.update(self._tcp_terms(net, batch, videos, generator))
         return out
 
@@ -162,13 +151,13 @@ class PremModules:
         permutation = {}
         for s in net.streams:
             dummy = clip_mask.new_zeros((V, L, 1), dtype=torch.float32)
-            permutation[s] = tcp_shuffle(dummy, lengths, self.tcp["ratio"], generator)[1]
+            permutation[s] = tcp_shuffle(dummy, lengths, self.tcp.ratio, generator)[1]
         shuffled = net.encode_videos(
             batch["visual"], batch["subtitle"], batch["clip_mask"], batch["sub_mask"], permutation
         )
         streams = {}
         for s in net.streams:
-            labels = tcp_stream_labels(net.stream_mask(videos, s), lengths, self.tcp["groups"])
+            labels = tcp_stream_labels(net.stream_mask(videos, s), lengths, self.tcp.groups)
             labels_s = labels.gather(1, permutation[s])  # y_s: the group of the clip now there
             streams[s] = (
                 net.tcp_logits(videos, s),
@@ -180,8 +169,5 @@ class PremModules:
 
     def total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """The retriever loss plus the enabled modules' weighted terms (PRVR Eq. 13)."""
-        weights = {"ice": self.ice["weight"], "irm": self.irm["weight"], "tcp": self.tcp["weight"]}
+        weights = {"ice": self.ice.weight, "irm": self.irm.weight, "tcp": self.tcp.weight}
         return prem_modules_total(terms, weights)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"ice": self.ice, "irm": self.irm, "tcp": self.tcp, "module_loss": self.rule}

@@ -72,8 +72,8 @@ class PrvrLitModule(VideoQueryEvalModule):
         evaluation: PrvrEvalConfig | Mapping,
         warmup_fraction: float,
         activation_checkpointing: bool,
-        compile: bool = False,
-        recompute_elementwise: bool = False,
+        compile: bool,
+        recompute_elementwise: bool,
     ) -> None:
         """`activation_checkpointing`: every Transformer layer of the net recomputes its
         activations in the backward pass (same gradients; at batch 128 on CPU about 0.5 GB

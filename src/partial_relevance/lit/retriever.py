@@ -150,11 +150,11 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
         warmup_fraction: float | None,
         evaluation: RetrieverEvalConfig | Mapping,
         ranking: RankingConfig | Mapping,
-        ice: Mapping | None = None,
-        irm: Mapping | None = None,
-        tcp: Mapping | None = None,
-        module_loss: Mapping | None = None,
-        compile: bool = False,
+        ice: Mapping,
+        irm: Mapping,
+        tcp: Mapping,
+        module_loss: Mapping,
+        compile: bool,
     ) -> None:
         """Every value comes from `conf/model/prem_retriever.yaml` (τ, β: SPEC §4)."""
         super().__init__(net, optimizer, warmup_fraction, compile)

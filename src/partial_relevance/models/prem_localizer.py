@@ -21,15 +21,13 @@ The video encoding (step 1, video side) is query-independent: `encode_videos` on
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from partial_relevance.models.layers import TransformerLayer, l2_normalize
-from partial_relevance.models.prem_retriever import (
-    MultiModalVideoEncoder,
-    QueryEncoder,
-    index_encoding,
-)
+from partial_relevance.models.prem_retriever import PremEncoders, index_encoding
 
 __all__ = [
     "BoundaryHead",
@@ -175,54 +173,32 @@ class BoundaryHead(nn.Module):
         return self.conv2(hidden * keep).squeeze(1)  # [P, L]
 
 
-class PremLocalizer(nn.Module):
+class PremLocalizer(PremEncoders):
     """PREM focus-then-fuse moment localizer (PREM §3.4, SPEC §5).
 
     API: `encode_videos` (query-independent, cacheable), `encode_queries`, `localize` on
     aligned (query, video) pairs, `span_logits` for the adversarial classifier. `forward` runs
-    all of it on aligned raw inputs.
+    all of it on aligned raw inputs. Its own encoders are the retriever's (`PremEncoders`) with
+    Eq. 5's modality pooling and masked empty subtitles.
     """
 
     def __init__(
         self,
-        visual_dim: int = 4352,
-        subtitle_dim: int = 768,
-        query_dim: int = 768,
-        hidden_dim: int = 384,  # PREM §4.2
-        num_heads: int = 4,  # PREM §4.2
-        ffn_dim: int = 1536,  # PREM §4.2
-        dropout: float = 0.1,  # SPEC §4 [decision]
-        max_clips: int = 100,
-        max_words: int = 30,
-        fusion_layers: int = 2,  # SPEC §5
-        conv_kernel: int = 5,  # SPEC §5 [decision]
-        use_vis: bool = True,
-        use_sub: bool = True,
-        gates: bool = True,  # Table 6 ablation
-        adv_grl: bool = False,  # SPEC §5 [decision]: no gradient reversal by default
+        *,
+        fusion_layers: int,  # SPEC §5
+        conv_kernel: int,  # SPEC §5 [decision]
+        gates: bool,  # Table 6 ablation
+        adv_grl: bool,  # SPEC §5 [decision]: no gradient reversal by default
+        **encoders: Any,
     ) -> None:
-        super().__init__()
+        """`encoders`: the `PremEncoders` arguments but `pooling` and `empty_subtitle`."""
         if conv_kernel % 2 != 1:
             raise ValueError(f"conv_kernel must be odd to keep L outputs, got {conv_kernel}")
-        self.use_vis = use_vis
-        self.use_sub = use_sub
+        super().__init__(pooling="modality", empty_subtitle="mask", **encoders)
         self.gates = gates
         self.adv_grl = adv_grl
-        self.query_encoder = QueryEncoder(
-            query_dim, hidden_dim, num_heads, ffn_dim, dropout, max_words, "modality"
-        )
-        self.video_encoder = MultiModalVideoEncoder(
-            visual_dim,
-            subtitle_dim,
-            hidden_dim,
-            num_heads,
-            ffn_dim,
-            dropout,
-            max_clips,
-            use_vis,
-            use_sub,
-            "mask",
-        )
+        hidden_dim, num_heads = self.hidden_dim, encoders["num_heads"]
+        ffn_dim, dropout = encoders["ffn_dim"], encoders["dropout"]
         self.vis_gate = ModalityGate(hidden_dim) if gates else None
         self.sub_gate = ModalityGate(hidden_dim) if gates else None
         self.clip_fusion = nn.Linear(2 * hidden_dim, hidden_dim)  # Eq. 10

@@ -17,6 +17,7 @@ localizer (SPEC §5: "own encoders as in §4").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,27 +60,6 @@ def _combine_terms(vis: tuple[Tensor, Tensor] | None, sub: tuple[Tensor, Tensor]
     return torch.where(sub_ok, 0.5 * (vis_term + sub_term), vis_term)
 
 
-def _eq6(
-    equation: str,
-    q_vis: Tensor,
-    q_sub: Tensor,
-    h_vis: Tensor,
-    h_sub: Tensor,
-    vis_mask: Tensor,
-    sub_mask: Tensor,
-    use_vis: bool,
-    use_sub: bool,
-) -> Tensor:
-    vis = sub = None
-    if use_vis:
-        sim = torch.einsum(equation, l2_normalize(q_vis), l2_normalize(h_vis))  # [..., L]
-        vis = _masked_row_max(sim, vis_mask)
-    if use_sub:
-        sim = torch.einsum(equation, l2_normalize(q_sub), l2_normalize(h_sub))  # [..., L]
-        sub = _masked_row_max(sim, sub_mask)
-    return _combine_terms(vis, sub)
-
-
 def eq6_score(
     q_vis: Tensor,
     q_sub: Tensor,
@@ -90,58 +70,48 @@ def eq6_score(
     restrict: Tensor | None = None,
     use_vis: bool = True,
     use_sub: bool = True,
+    aligned: bool = False,
 ) -> Tensor:
-    """PREM §3.3 Eq. 6 for every (query, video) pair: `[B, V]`.
+    """PREM §3.3 Eq. 6 for every (query, video) pair: `[B, V]`; with `aligned`, query b against
+    video b only: `[B]` (the strong / weak positives, without the full `[B, V, L]` matrix).
 
     Args:
         q_vis, q_sub: query vectors per modality, `[B, D]` (need not be normalised).
-        h_vis, h_sub: clip features per modality, `[V, L, D]` (need not be normalised).
-        clip_mask: `[V, L]` True at real clips.
-        sub_mask: `[V, L]` True at clips whose subtitle counts for the subtitle maximum
-            (it is AND-ed with `clip_mask`).
-        restrict: optional `[B, V, L]` bool; both maxima only run over clips where it is True
-            (strong positives: inside the GT moment; weak positives: outside it).
+        h_vis, h_sub: clip features per modality, `[V, L, D]` (`aligned`: `[B, L, D]`, the
+            videos already indexed per query; need not be normalised).
+        clip_mask: `[V, L]` (`aligned`: `[B, L]`) True at real clips.
+        sub_mask: like `clip_mask`, True at clips whose subtitle counts for the subtitle
+            maximum (it is AND-ed with `clip_mask`).
+        restrict: optional `[B, V, L]` (`aligned`: `[B, L]`) bool; both maxima only run over
+            clips where it is True (strong positives: inside the GT moment; weak: outside it).
         use_vis, use_sub: Table 2 ablations; with one stream off the score is the other
             stream's maximum alone.
 
     Returns:
-        `[B, V]` scores. A pair with no valid subtitle clip (under `restrict`) drops the subtitle
-        term: its score is the visual term alone, not the average with 0 (SPEC §4 [decision]).
-        A pair with no valid clip at all for the enabled streams scores 0; callers that can
-        produce such pairs (weak positives of a moment covering the whole video) mask them.
+        `[B, V]` (`aligned`: `[B]`) scores. A pair with no valid subtitle clip (under
+        `restrict`) drops the subtitle term: its score is the visual term alone, not the
+        average with 0 (SPEC §4 [decision]). A pair with no valid clip at all for the enabled
+        streams scores 0; callers that can produce such pairs (weak positives of a moment
+        covering the whole video) mask them.
     """
     clip_mask = clip_mask.bool()
-    vis_mask = clip_mask[None].expand(q_vis.shape[0], -1, -1)  # [B, V, L]
-    sub_valid = (sub_mask.bool() & clip_mask)[None].expand_as(vis_mask)  # [B, V, L]
+    vis_mask, sub_valid = clip_mask, sub_mask.bool() & clip_mask
+    equation = "bd,bld->bl"
+    if not aligned:  # every query against every video
+        vis_mask = vis_mask[None].expand(q_vis.shape[0], -1, -1)  # [B, V, L]
+        sub_valid = sub_valid[None].expand_as(vis_mask)  # [B, V, L]
+        equation = "bd,vld->bvl"
     if restrict is not None:
         vis_mask = vis_mask & restrict.bool()
         sub_valid = sub_valid & restrict.bool()
-    return _eq6("bd,vld->bvl", q_vis, q_sub, h_vis, h_sub, vis_mask, sub_valid, use_vis, use_sub)
-
-
-def eq6_pair_score(
-    q_vis: Tensor,
-    q_sub: Tensor,
-    h_vis: Tensor,
-    h_sub: Tensor,
-    clip_mask: Tensor,
-    sub_mask: Tensor,
-    restrict: Tensor | None = None,
-    use_vis: bool = True,
-    use_sub: bool = True,
-) -> Tensor:
-    """Eq. 6 for aligned pairs: query b against video b only -> `[B]`.
-
-    Same conventions as `eq6_score`, with videos already indexed per query: `q_*` `[B, D]`,
-    `h_*` `[B, L, D]`, masks and `restrict` `[B, L]`. Used for the strong / weak positives
-    without computing the full `[B, V, L]` matrix.
-    """
-    vis_mask = clip_mask.bool()
-    sub_valid = sub_mask.bool() & vis_mask
-    if restrict is not None:
-        vis_mask = vis_mask & restrict.bool()
-        sub_valid = sub_valid & restrict.bool()
-    return _eq6("bd,bld->bl", q_vis, q_sub, h_vis, h_sub, vis_mask, sub_valid, use_vis, use_sub)
+    vis = sub = None
+    if use_vis:
+        sim = torch.einsum(equation, l2_normalize(q_vis), l2_normalize(h_vis))  # [..., L]
+        vis = _masked_row_max(sim, vis_mask)
+    if use_sub:
+        sim = torch.einsum(equation, l2_normalize(q_sub), l2_normalize(h_sub))  # [..., L]
+        sub = _masked_row_max(sim, sub_valid)
+    return _combine_terms(vis, sub)
 
 
 class QueryEncoder(nn.Module):
@@ -307,32 +277,31 @@ class MultiModalVideoEncoder(nn.Module):
         return {"vis": h_vis, "sub": h_sub, "clip_mask": clip_mask, "sub_mask": eff_sub_mask}
 
 
-class PremRetriever(nn.Module):
-    """PREM video retriever (PREM §3.3, SPEC §4): query and video encoders + Eq. 6 scoring.
+class PremEncoders(nn.Module):
+    """The query and multi-modal video encoders of PREM §3.3, the part the retriever and the
+    localizer share (each with its own weights, SPEC §5: "own encoders as in §4").
 
-    Use `encode_queries`, `encode_videos` (query-independent, cache per corpus) and `score`.
-    Losses live in `partial_relevance.losses.prem`.
+    Every argument is keyword-only and required: the values live in the `net` section of
+    `conf/model/prem_retriever.yaml` / `prem_localizer.yaml` (hidden 384, 4 heads, FFN 1536:
+    PREM §4.2).
     """
 
     def __init__(
         self,
-        visual_dim: int = 4352,
-        subtitle_dim: int = 768,
-        query_dim: int = 768,
-        hidden_dim: int = 384,  # PREM §4.2
-        num_heads: int = 4,  # PREM §4.2
-        ffn_dim: int = 1536,  # PREM §4.2
-        dropout: float = 0.1,  # SPEC §4 [decision]
-        max_clips: int = 100,
-        max_words: int = 30,
-        use_vis: bool = True,
-        use_sub: bool = True,
-        pooling: str = "modality",  # Table 3: modality | mean | max
-        empty_subtitle: str = "mask",  # SPEC §4 [decision]: mask | zeros
-        irm: bool = False,  # PRVR §3.4 on PREM: the FC of Eq. 9
-        irm_shared_fc: bool = True,  # one FC for r_v and r_q (Eq. 9)
-        tcp: bool = False,  # PRVR §3.5 on PREM: one Linear(D, g) per stream
-        tcp_groups: int = 8,  # g, PRVR §4.1.3
+        *,
+        visual_dim: int,
+        subtitle_dim: int,
+        query_dim: int,
+        hidden_dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        max_clips: int,
+        max_words: int,
+        use_vis: bool,
+        use_sub: bool,
+        pooling: str,  # Table 3: modality | mean | max
+        empty_subtitle: str,  # SPEC §4 [decision]: mask | zeros
     ) -> None:
         super().__init__()
         self.use_vis = use_vis
@@ -353,6 +322,27 @@ class PremRetriever(nn.Module):
             use_sub,
             empty_subtitle,
         )
+
+
+class PremRetriever(PremEncoders):
+    """PREM video retriever (PREM §3.3, SPEC §4): query and video encoders + Eq. 6 scoring.
+
+    Use `encode_queries`, `encode_videos` (query-independent, cache per corpus) and `score`.
+    Losses live in `partial_relevance.losses.prem`.
+    """
+
+    def __init__(
+        self,
+        *,
+        irm: bool,  # PRVR §3.4 on PREM: the FC of Eq. 9
+        irm_shared_fc: bool,  # one FC for r_v and r_q (Eq. 9)
+        tcp: bool,  # PRVR §3.5 on PREM: one Linear(D, g) per stream
+        tcp_groups: int,  # g, PRVR §4.1.3
+        **encoders: Any,
+    ) -> None:
+        """`encoders`: the `PremEncoders` arguments (dims, sizes, streams, pooling, subtitles)."""
+        super().__init__(**encoders)
+        hidden_dim = self.hidden_dim
         # The PRVR modules' heads, created after the encoders (and only when switched on) so
         # that the PREM weights initialise exactly as without them.
         self.irm_projection = IrmProjection(hidden_dim, irm_shared_fc) if irm else None
@@ -436,11 +426,12 @@ class PremRetriever(nn.Module):
         queries: dict[str, Tensor | None],
         videos: dict[str, Tensor],
         restrict: Tensor | None = None,
+        aligned: bool = False,
     ) -> Tensor:
-        """Eq. 6 scores `[B, V]` of encoded queries against encoded videos.
-
-        `restrict` `[B, V, L]` limits both maxima (strong / weak positives); see `eq6_score`.
-        """
+        """Eq. 6 scores `[B, V]` of encoded queries against encoded videos; `aligned`: `[B]`,
+        `videos` already indexed so that video b belongs to query b (`[B, L, D]`, masks
+        `[B, L]`). `restrict` (`[B, V, L]` / `[B, L]`) limits both maxima (strong / weak
+        positives); see `eq6_score`."""
         return eq6_score(
             queries["vis"],
             queries["sub"],
@@ -451,6 +442,7 @@ class PremRetriever(nn.Module):
             restrict,
             use_vis=self.use_vis,
             use_sub=self.use_sub,
+            aligned=aligned,
         )
 
     def score_pairs(
@@ -459,19 +451,8 @@ class PremRetriever(nn.Module):
         videos: dict[str, Tensor],
         restrict: Tensor | None = None,
     ) -> Tensor:
-        """Eq. 6 of aligned pairs `[B]`: `videos` already indexed so that video b belongs to
-        query b (`[B, L, D]`, masks `[B, L]`); `restrict` `[B, L]`. See `eq6_pair_score`."""
-        return eq6_pair_score(
-            queries["vis"],
-            queries["sub"],
-            videos["vis"],
-            videos["sub"],
-            videos["clip_mask"],
-            videos["sub_mask"],
-            restrict,
-            use_vis=self.use_vis,
-            use_sub=self.use_sub,
-        )
+        """`score(..., aligned=True)`: Eq. 6 of aligned pairs `[B]`."""
+        return self.score(queries, videos, restrict, aligned=True)
 
 
 def index_encoding(encoding: dict[str, Tensor | None], index: Tensor) -> dict[str, Tensor | None]:
@@ -502,7 +483,7 @@ def restricted_pair_score(
     weak positives of SPEC §4) -> `[B]`.
 
     With `empty_subtitle: mask`, a restricted clip set can hold no subtitle clip although the
-    video has subtitles (a moment without speech). `eq6_pair_score` then drops the subtitle term
+    video has subtitles (a moment without speech). `eq6_score` then drops the subtitle term
     (visual term alone), while every negative keeps the average `½(vis + sub)`; training
     exploits that mismatch (push every subtitle similarity down: negatives fall, such
     positives do not) and retrieval does not learn. `subtitle="video"` (the config default,
@@ -510,7 +491,7 @@ def restricted_pair_score(
     negatives: the visual maximum stays restricted, the subtitle maximum of such a pair runs
     over the whole GT video. Pairs whose video has no subtitle at all keep the visual term
     alone, as in Eq. 6 for that video.
-    `subtitle="drop"` is `eq6_pair_score` unchanged.
+    `subtitle="drop"` is `eq6_score(..., aligned=True)` unchanged.
     """
     if subtitle not in RESTRICTED_SUBTITLE_MODES:
         raise ValueError(f"subtitle must be one of {RESTRICTED_SUBTITLE_MODES}, got {subtitle!r}")
@@ -529,6 +510,6 @@ def restricted_pair_score(
         pairs["clip_mask"],
         pairs["sub_mask"],
     )
-    vis = eq6_pair_score(*args, restrict, use_vis=True, use_sub=False)  # [B]
-    sub = eq6_pair_score(*args, None, use_vis=False, use_sub=True)  # [B]
+    vis = eq6_score(*args, restrict, use_vis=True, use_sub=False, aligned=True)  # [B]
+    sub = eq6_score(*args, None, use_vis=False, use_sub=True, aligned=True)  # [B]
     return torch.where(fallback, 0.5 * (vis + sub), base)
