@@ -41,7 +41,6 @@ from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.compile import compile_net
-from partial_relevance.models.layers import set_recompute_elementwise
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
@@ -73,12 +72,13 @@ def build(
         num_layers=args.layers,
         dropout=args.dropout,
     )
-    set_recompute_elementwise(net, args.recompute_elementwise)
     full = str(model == "full").lower()
-    modules = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
-    sections = bench.model_sections(
-        "prvr", [*modules, f"model.activation_checkpointing={checkpointing}"]
-    )
+    overrides = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
+    overrides += [
+        f"model.activation_checkpointing={checkpointing}",
+        f"model.recompute_elementwise={args.recompute_elementwise}",  # the LightningModule sets it
+    ]
+    sections = bench.model_sections("prvr", overrides)
     return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
 
 

@@ -46,6 +46,16 @@ QUICK_ARGS = {
     "bench_prvr_eval": ["--scale", "0.1"],
     "bench_vcmr_inference": ["--queries", "32", "--videos", "50", "--no-cache-queries", "8"],
 }
+# Without bf16 units (no avx512_bf16 / amx_bf16) bf16 is emulated: ~1 GFLOP/s against ~150 in
+# fp32 on a 2-core AVX2 EPYC, so one bf16 training step at batch 128 would take ~10 min. With
+# `--bf16 auto` the bf16 rows run only where the bf16 matmul rate is at least this share of the
+# fp32 rate; their targets are then reported as not measurable on this host.
+BF16_USABLE_SHARE = 0.5
+FP32_ONLY_ARGS = {
+    "bench_prvr_train": ["--configs", "base-fp32,full-fp32"],
+    "bench_prvr_eval": ["--configs", "fp32,fp32-fp16index"],
+    "bench_vcmr_inference": ["--precisions", "fp32"],
+}
 MS_SL_PEAK_RSS_MIB = 3.48e9 / 2**20  # MS-SL's training peak RSS, 3.48 GB (issue #19)
 
 
@@ -163,15 +173,25 @@ def find_row(result: dict[str, Any], name: str) -> dict[str, Any] | None:
     return rows.get(f"{name} (extrapolated)") or rows.get(name)
 
 
-def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def bf16_usable(matmul_gflops: dict[str, float]) -> bool:
+    """Whether bf16 runs on real units here (its matmul rate is not far below fp32's)."""
+    return matmul_gflops["bf16"] >= BF16_USABLE_SHARE * matmul_gflops["fp32"]
+
+
+def verdicts(
+    results: dict[str, dict[str, Any]], bf16_skipped: str | None = None
+) -> list[dict[str, Any]]:
     """One row per target: the measured value, its context (% of peak among it) and the
-    verdict: met, missed, not run, or not measured (a batch-128 target run at another batch)."""
+    verdict: met, missed, not run, or not measured (a batch-128 target run at another batch,
+    or a bf16 target on a host where bf16 is emulated: `bf16_skipped` says why)."""
     out = []
     for target in TARGETS:
         result = results.get(target.benchmark)
         row = None if result is None else find_row(result, target.row)
         entry: dict[str, Any] = {"target": target.name, "row": f"{target.benchmark}: {target.row}"}
-        if row is None or target.column not in row:
+        if bf16_skipped and "bf16" in target.row:
+            entry |= {"measured": None, "verdict": f"not measurable here ({bf16_skipped})"}
+        elif row is None or target.column not in row:
             entry |= {"measured": None, "verdict": "not run"}
         elif target.batch_128 and result["params"].get("batch_videos") != 128:
             batch = result["params"].get("batch_videos")
@@ -187,10 +207,13 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def run(name: str, extra: list[str], quick: bool) -> tuple[int, dict[str, Any] | None]:
+def run(
+    name: str, extra: list[str], quick: bool, fp32_only: bool
+) -> tuple[int, dict[str, Any] | None]:
     """Run one benchmark, echoing its output -> (exit code, its JSON result or None)."""
     sizes = (QUICK_ARGS if quick else TARGET_ARGS).get(name, [])
-    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *sizes, *extra]
+    precision = FP32_ONLY_ARGS.get(name, []) if fp32_only else []
+    command = [sys.executable, str(BENCH_DIR / f"{name}.py"), *sizes, *precision, *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     lines = []
@@ -215,25 +238,43 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"reduced sizes ({QUICK_ARGS}), for a loaded host"
     )
+    parser.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run the bf16 rows: auto = only where bf16 is not emulated (its matmul rate is at "
+        f"least {BF16_USABLE_SHARE:.0%} of fp32's)",
+    )
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {BENCHMARKS}")
+    machine = machine_facts()
+    rates = machine["matmul_gflops"]
+    bf16_skipped = None
+    if args.bf16 == "off" or (args.bf16 == "auto" and not bf16_usable(rates)):
+        bf16_skipped = (
+            f"bf16 matmul {rates['bf16']} GFLOP/s against fp32 {rates['fp32']}: "
+            f"bf16 units {machine['bf16_units']}"
+            if args.bf16 == "auto"
+            else "--bf16 off"
+        )
+        print(f"bf16 rows skipped: {bf16_skipped}", flush=True)
     failed: list[str] = []
     seconds: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         print(f"=== {name} ===", flush=True)
         start = time.perf_counter()
-        code, result = run(name, args.extra, args.quick)
+        code, result = run(name, args.extra, args.quick, bf16_skipped is not None)
         seconds[name] = round(time.perf_counter() - start, 1)
         if code != 0:
             failed.append(name)
         if result is not None:
             results[name] = result
     print(f"=== wall seconds: {seconds}; total {round(sum(seconds.values()), 1)} ===")
-    rows = verdicts(results)
+    rows = verdicts(results, bf16_skipped)
     for row in rows:
         print(f"{row['verdict']:>8}  {row['target']}: {row['measured']}", flush=True)
     notes = [
@@ -243,12 +284,13 @@ def main() -> int:
         f"sizes: {QUICK_ARGS if args.quick else TARGET_ARGS} (then --extra); TVR-scale "
         "evaluation from the extrapolated row when bench_prvr_eval ran below --scale 1",
         f"wall seconds per benchmark: {seconds}",
+        f"bf16 rows: {'skipped, ' + bf16_skipped if bf16_skipped else 'run'}",
     ]
     record_result(
         "run_all",
         rows,
-        machine_facts(),
-        {"only": names, "extra": args.extra, "quick": args.quick},
+        machine,
+        {"only": names, "extra": args.extra, "quick": args.quick, "bf16": args.bf16},
         notes,
         save="--no-save" not in args.extra,
     )

@@ -29,6 +29,7 @@ from partial_relevance import quiet, run_dir
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.lit.callbacks import SIGTERM_EXIT, AtomicCheckpointIO
 from partial_relevance.metrics.retrieval import chance_recall
+from partial_relevance.models.precision import cpu_has_bf16_units
 
 # The configs ship inside the package (src/partial_relevance/conf -> ../../conf, package data):
 # Hydra searches them as `pkg://`, in-process composers (initialize_config_dir) use the path.
@@ -194,6 +195,18 @@ def _split_export(exported: dict[str, Any]) -> tuple[dict[str, float], dict[str,
     return metrics, artifacts
 
 
+def warn_emulated_bf16(cfg: DictConfig, trainer: pl.Trainer) -> None:
+    """Warn when bf16 runs on a CPU without bf16 units: it is emulated there, many times slower
+    than fp32 (the numbers stay right; only the time is lost)."""
+    bf16 = "bf16" in str(trainer.precision) or cfg.get("eval_precision") == "bf16"
+    on_cpu = type(trainer.accelerator).__name__ == "CPUAccelerator"
+    if bf16 and on_cpu and cpu_has_bf16_units() is False:
+        log.warning(
+            "precision=bf16 on a CPU without bf16 units (no amx_bf16/avx512_bf16 flag): bf16 "
+            "matmuls are emulated here, far slower than fp32; drop precision=bf16 on this host"
+        )
+
+
 def train(cfg: DictConfig) -> RunResult:
     """Fit (or resume), evaluate the best checkpoint, write metrics.json; return a RunResult."""
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -227,6 +240,7 @@ def _train(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> RunResult:
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    warn_emulated_bf16(cfg, trainer)
 
     checkpoint_dir = output_dir / "checkpoints"
     fit_marker = checkpoint_dir / FIT_COMPLETE

@@ -7,6 +7,7 @@ runs a copy cast once to bf16, so every op runs in bf16 and no weight is recast 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +19,26 @@ def check_precision(precision: str, key: str) -> None:
     """Raise a ValueError naming config `key` when `precision` is not fp32 or bf16."""
     if precision not in PRECISIONS:
         raise ValueError(f"{key} must be one of {sorted(PRECISIONS)}, got {precision!r}")
+
+
+# CPU flags of bf16 matrix / vector units (x86 AMX or AVX-512 BF16, Arm BF16).
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU advertises bf16 units (True/False), or None where it cannot tell (no
+    `/proc/cpuinfo`). Without them bf16 matmuls are emulated: ~1 GFLOP/s against ~150 in fp32
+    on a 2-core AVX2 EPYC (benchmarks/RESULTS.md), so `precision=bf16` is a slowdown there."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def net_dtype(net: nn.Module) -> torch.dtype:

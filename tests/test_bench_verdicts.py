@@ -1,0 +1,40 @@
+"""`benchmarks/run_all.py`'s verdicts: each target read from its benchmark row, bf16 targets
+reported as not measurable where bf16 is emulated (no bf16 units), never as missed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import run_all
+
+
+def train_result(batch: int) -> dict:
+    rows = [
+        {"config": "base-fp32", "% of peak": 72.0, "peak RSS MiB": 2600.0},
+        {"config": "full-fp32", "% of peak": 60.0, "peak RSS MiB": 3000.0},
+    ]
+    return {"params": {"batch_videos": batch}, "rows": rows, "machine": {"load_avg": [0.1]}}
+
+
+def test_bf16_is_usable_only_near_the_fp32_rate():
+    assert not run_all.bf16_usable({"fp32": 138.2, "bf16": 1.0})  # AVX2 EPYC: emulated
+    assert run_all.bf16_usable({"fp32": 180.0, "bf16": 415.0})  # avx512_bf16
+    assert run_all.bf16_usable({"fp32": 110.0, "bf16": 1230.0})  # AMX
+
+
+def test_verdicts_read_each_row_and_skip_emulated_bf16():
+    rows = {r["target"]: r for r in run_all.verdicts({"bench_prvr_train": train_result(128)})}
+    assert rows["base model, fp32: ≥ 70 % of fp32 peak"]["verdict"] == "met"
+    assert rows["full model, fp32: ≥ 65 % of fp32 peak"]["verdict"] == "missed"
+    assert rows["full model, fp32: peak RSS < MS-SL's 3.48 GB"]["verdict"] == "met"
+    assert rows["full model, bf16: ≥ 55 % of bf16 peak"]["verdict"] == "not run"
+    assert rows["VCMR over TVR val, fp32: ≤ 10 min"]["verdict"] == "not run"
+    skipped = run_all.verdicts({"bench_prvr_train": train_result(32)}, "bf16 emulated")
+    by_target = {r["target"]: r for r in skipped}
+    bf16 = [r for r in skipped if "bf16" in r["row"]]
+    assert bf16 and all(r["verdict"] == "not measurable here (bf16 emulated)" for r in bf16)
+    memory = by_target["full model, fp32: peak RSS < MS-SL's 3.48 GB"]
+    assert memory["verdict"] == "not measured (batch 32)"
