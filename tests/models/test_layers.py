@@ -13,6 +13,7 @@ from partial_relevance.models.layers import (
     FeatureProjection,
     TransformerLayer,
     dropout_linear,
+    gelu_dropout_linear,
     keep_mask,
     set_recompute_elementwise,
 )
@@ -146,3 +147,48 @@ def test_dropout_linear_equals_the_unfused_chain(where: str) -> None:
         if d is not None:
             d.eval()
     torch.testing.assert_close(dropout_linear(x, linear, before, after), linear(x))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gelu_dropout_linear_equals_the_unfused_chain_and_saves_no_gelu_output(precision):
+    """`gelu_dropout_linear` (the FFN's GELU -> Dropout -> Linear -> Dropout) gives the unfused
+    chain's outputs and gradients (same masks), also under bf16 autocast, and keeps only the
+    pre-activation and bool masks for backward: no [.., F] float tensor beyond its input."""
+    linear = torch.nn.Linear(12, 5)
+    before, after = Dropout(0.3).train(), Dropout(0.2).train()
+    pre = torch.randn(4, 3, 12, requires_grad=True)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def unfused() -> torch.Tensor:
+        return after(linear(before(torch.nn.functional.gelu(pre))))
+
+    def fused() -> torch.Tensor:
+        return gelu_dropout_linear(pre, linear, before, after)
+
+    results, saved = [], []
+    for fn in (unfused, fused):
+        shapes: list[tuple[int, torch.dtype]] = []
+
+        def pack(t: torch.Tensor, shapes: list = shapes) -> torch.Tensor:
+            shapes.append((t.numel(), t.dtype))
+            return t
+
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            y = fn()
+        grads = torch.autograd.grad(
+            (y.float() * torch.arange(5.0)).sum(), [pre, *linear.parameters()]
+        )
+        results.append([y.float(), *grads])
+        saved.append(shapes)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": 2e-2, "atol": 2e-2}
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+    def wide_floats(entries: list[tuple[int, torch.dtype]]) -> int:
+        return sum(n == pre.numel() and dtype.is_floating_point for n, dtype in entries)
+
+    assert wide_floats(saved[1]) == 1  # the pre-activation only: GELU's output is recomputed
+    assert wide_floats(saved[0]) >= 2  # GELU's input and the Linear's (masked) input
+    before.eval(), after.eval()
+    torch.testing.assert_close(fused(), linear(torch.nn.functional.gelu(pre)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,91 @@ def dropout_linear(
     return apply_keep(y, after.keep(y)) if _active(after) else y  # type: ignore[union-attr]
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul on `x` in (x's own dtype without autocast)."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _GeluMaskedLinear(torch.autograd.Function):
+    """y = (keep · gelu(h)) Wᵀ + b saving only h (and the bool mask) for backward: the GELU
+    output, the FFN's widest activation, is recomputed there (one elementwise pass) instead of
+    being kept twice (by GELU for its gradient and by the Linear for its weight's)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        pre: Tensor,  # [..., F] the first Linear's output
+        keep: Tensor | None,  # [..., F] bool, or None
+        weight: Tensor,  # [D, F]
+        bias: Tensor | None,  # [D]
+        approximate: str,
+        dtype: torch.dtype,
+    ) -> Tensor:
+        with torch.autocast(pre.device.type, enabled=False):
+            hidden = apply_keep(F.gelu(pre.to(dtype), approximate=approximate), keep)
+            out = F.linear(hidden, weight.to(dtype), None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(pre, keep, weight)
+        ctx.approximate, ctx.dtype, ctx.has_bias = approximate, dtype, bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        pre, keep, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        with torch.autocast(grad.device.type, enabled=False):
+            pre_c = pre.to(dtype)
+            grad = grad.to(dtype)
+            flat_grad = grad.reshape(-1, grad.shape[-1])  # [N, D]
+            # One [..., F] temporary at a time: the recomputed hidden is freed before the
+            # hidden's gradient exists, which is masked in place.
+            hidden = apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep)  # recomputed
+            grad_weight = flat_grad.t().mm(hidden.reshape(-1, hidden.shape[-1]))  # [D, F]
+            del hidden
+            grad_bias = flat_grad.sum(0) if ctx.has_bias else None
+            grad_hidden = grad.matmul(weight.to(dtype))  # [..., F]
+            if keep is not None:
+                grad_hidden.mul_(keep)
+            grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre_c, approximate=ctx.approximate)
+            del grad_hidden
+        return (
+            grad_pre.to(pre.dtype),
+            None,
+            grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(weight.dtype),
+            None,
+            None,
+        )
+
+
+def gelu_dropout_linear(
+    pre: Tensor,
+    linear: nn.Linear,
+    before: Dropout | None = None,
+    after: Dropout | None = None,
+    approximate: str = "none",
+) -> Tensor:
+    """`after(linear(before(gelu(pre))))` as `dropout_linear` computes it (1/(1 - p) folded
+    into the weight, the same masks drawn in the same order), keeping only `pre` and the masks
+    for backward in training (`_GeluMaskedLinear`); eval and no-grad take the plain path."""
+    needs_grad = torch.is_grad_enabled() and (pre.requires_grad or linear.weight.requires_grad)
+    if not needs_grad or any(d is not None and d.training and d.p == 1.0 for d in (before, after)):
+        return dropout_linear(F.gelu(pre, approximate=approximate), linear, before, after)
+    weight, bias, keep = linear.weight, linear.bias, None
+    if _active(before):
+        assert before is not None
+        keep = before.keep(pre)
+        weight = weight * before.scale
+    if _active(after):
+        assert after is not None
+        weight = weight * after.scale
+        bias = None if bias is None else bias * after.scale
+    y = _GeluMaskedLinear.apply(pre, keep, weight, bias, approximate, _compute_dtype(pre))
+    return apply_keep(y, after.keep(y)) if _active(after) else y  # type: ignore[union-attr]
+
+
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
     """Switch `recompute_elementwise` for every FeatureProjection and TransformerLayer in
     `module`."""
@@ -243,8 +329,12 @@ class TransformerLayer(nn.Module):
         """`ffn_dropout(ffn(x))` (Linear, GELU, Dropout, Linear) with both dropouts folded into
         the second Linear (`dropout_linear`). x: [B, L, D] -> [B, L, D]."""
         first, activation, dropout, second = self.ffn
-        hidden = activation(first(x))  # [B, L, ffn_dim]
-        return dropout_linear(hidden, second, before=dropout, after=self.ffn_dropout)
+        pre = first(x)  # [B, L, ffn_dim]
+        if isinstance(activation, nn.GELU):  # the GELU output is recomputed in backward
+            return gelu_dropout_linear(
+                pre, second, dropout, self.ffn_dropout, activation.approximate
+            )
+        return dropout_linear(activation(pre), second, before=dropout, after=self.ffn_dropout)
 
     def self_attention(
         self, x: Tensor, key_padding: Tensor | None, output_dropout: Dropout | None = None
