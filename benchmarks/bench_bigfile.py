@@ -14,7 +14,6 @@ written or read once before timing).
 
 from __future__ import annotations
 
-import argparse
 import array
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Stopwatch, machine_facts, peak_rss_mb, record_result
+from common import Stopwatch, dataset_parser, machine_facts, peak_rss_mb, record_result
 
 from partial_relevance.data.preprocess import prvr_video_inputs
 from partial_relevance.data.stores.bigfile import (
@@ -81,10 +80,7 @@ def time_reader(read, video_ids: list[str], max_seconds: float) -> tuple[int, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
-    parser.add_argument("--collection", default="charades", help="collection under --root")
-    parser.add_argument("--feature", default="i3d_rgb_lgi", help="FeatureData/<feature> name")
+    parser = dataset_parser(__doc__, collection="charades", feature="i3d_rgb_lgi")
     parser.add_argument("--videos", type=int, default=300, help="generated videos")
     parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
     parser.add_argument("--dim", type=int, default=1024, help="generated feature dim")
@@ -93,9 +89,6 @@ def main() -> None:
         "--max-seconds", type=float, default=30.0, help="stop the per-frame reader after this"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed passes of BigFileStore")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

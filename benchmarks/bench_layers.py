@@ -3,7 +3,7 @@
 - one Transformer layer's self-attention: `nn.MultiheadAttention` against
   `TransformerLayer.self_attention` (`F.scaled_dot_product_attention` on the same weights);
 - dropout on the FFN's hidden activations: `nn.Dropout` (CPU `F.dropout`: `bernoulli_` mask,
-  float mask saved) against `models.layers.Dropout` (31-bit integer mask, bool mask saved).
+  float mask saved) against `models.layers.Dropout` (16-bit integer mask, bool mask saved).
 
 Interleaved in one process (old, new, old, new, …) and reported as the fastest of `--reps`
 calls of each, so that a shared host's load hits both alike: forward + backward in training
@@ -17,9 +17,9 @@ rows padded). Prints; never asserts a timing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +28,27 @@ import common as bench
 import torch
 
 from partial_relevance.models.layers import Dropout, TransformerLayer
+
+
+def fastest(paths: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    """Each path's fastest of `reps` calls, interleaved (old, new, old, new, …) after one
+    warm-up round, in seconds."""
+    best = dict.fromkeys(paths, float("inf"))
+    for _ in range(reps + 1):
+        for name, path in paths.items():
+            start = time.perf_counter()
+            path()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def speedup_row(mode: str, best: dict[str, float], **extra: object) -> dict[str, object]:
+    """One printed row: the old and the new path's fastest call and their ratio."""
+    old, new = best.values()
+    row = {"mode": mode, "old ms": round(old * 1e3, 2), "new ms": round(new * 1e3, 2)}
+    row |= {"speed-up": round(old / new, 2), **extra, "load avg": bench.load_average()[:1]}
+    print(row, flush=True)
+    return row
 
 
 def main() -> None:
@@ -45,7 +66,7 @@ def main() -> None:
     x = torch.randn(args.batch, args.length, 384, requires_grad=True)
     padding = torch.zeros(args.batch, args.length, dtype=torch.bool)
     padding[: args.batch // 4, args.length * 3 // 4 :] = True
-    paths = {
+    attention = {
         "nn.MultiheadAttention": lambda: layer.attention(
             x, x, x, key_padding_mask=padding, need_weights=False
         )[0],
@@ -55,64 +76,47 @@ def main() -> None:
     for mode in ("train", "eval"):
         layer.train(mode == "train")
         for precision in ("fp32", "bf16"):
-            best = dict.fromkeys(paths, float("inf"))
-            autocast = (
-                torch.autocast("cpu", dtype=torch.bfloat16)
-                if precision == "bf16"
-                else contextlib.nullcontext()
-            )
-            for _ in range(args.reps + 1):  # the first round warms up
-                for name, path in paths.items():
-                    start = time.perf_counter()
-                    with torch.set_grad_enabled(mode == "train"), autocast:
+
+            def timed(path: Callable[[], torch.Tensor], precision: str = precision) -> Callable:
+                def run() -> None:
+                    with torch.set_grad_enabled(layer.training), bench.autocast(precision):
                         out = path()
-                    if mode == "train":
+                    if layer.training:
                         out.float().sum().backward()
-                    best[name] = min(best[name], time.perf_counter() - start)
-            old, new = best.values()
-            rows.append(
-                {
-                    "mode": f"attention {mode} {precision}",
-                    "old ms": round(old * 1e3, 2),
-                    "new ms": round(new * 1e3, 2),
-                    "speed-up": round(old / new, 2),
-                    "load avg": bench.load_average()[:1],
-                }
-            )
-            print(rows[-1], flush=True)
+
+                return run
+
+            best = fastest({name: timed(path) for name, path in attention.items()}, args.reps)
+            rows.append(speedup_row(f"attention {mode} {precision}", best))
     hidden = torch.randn(args.batch * args.length, 1536, requires_grad=True)  # FFN hidden
     dropouts = {"nn.Dropout": torch.nn.Dropout(0.15), "layers.Dropout": Dropout(0.15)}
     for precision in ("fp32", "bf16"):
         h = hidden if precision == "fp32" else hidden.detach().bfloat16().requires_grad_()
-        best = dict.fromkeys(dropouts, float("inf"))
-        saved = {}
-        for _ in range(args.reps + 1):
-            for name, module in dropouts.items():
+        saved: dict[str, int] = {}
+
+        def forward_backward(
+            name: str, h: torch.Tensor = h, saved: dict[str, int] = saved
+        ) -> Callable[[], None]:
+            def run() -> None:
                 nbytes: list[int] = []
 
-                def pack(t: torch.Tensor, nbytes: list[int] = nbytes) -> torch.Tensor:
+                def pack(t: torch.Tensor) -> torch.Tensor:
                     nbytes.append(t.untyped_storage().nbytes())
                     return t
 
-                start = time.perf_counter()
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    out = module(h)
+                    out = dropouts[name](h)
                 out.backward(torch.ones_like(out))
-                best[name] = min(best[name], time.perf_counter() - start)
                 saved[name] = sum(nbytes)
-        old, new = best.values()
-        rows.append(
-            {
-                "mode": f"dropout train {precision}",
-                "old ms": round(old * 1e3, 2),
-                "new ms": round(new * 1e3, 2),
-                "speed-up": round(old / new, 2),
-                "old saved MiB": round(saved["nn.Dropout"] / 2**20, 1),
-                "new saved MiB": round(saved["layers.Dropout"] / 2**20, 1),
-                "load avg": bench.load_average()[:1],
-            }
-        )
-        print(rows[-1], flush=True)
+
+            return run
+
+        best = fastest({name: forward_backward(name) for name in dropouts}, args.reps)
+        megabytes = {
+            f"{age} saved MiB": round(saved[n] / 2**20, 1)
+            for age, n in (("old", "nn.Dropout"), ("new", "layers.Dropout"))
+        }
+        rows.append(speedup_row(f"dropout train {precision}", best, **megabytes))
     notes = [
         f"fastest of {args.reps} interleaved calls each; train = forward + backward with "
         "attention dropout 0.15 (SDPA runs its math path), eval = forward (SDPA's flash kernel)",

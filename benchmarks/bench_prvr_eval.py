@@ -36,7 +36,6 @@ import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
-from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import PrvrBaseModel
@@ -73,16 +72,13 @@ def encode(lit: PrvrLitModule, loader, dataloader_idx: int) -> tuple[float, floa
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Encode and score the split once under one precision; returns its row."""
     torch.manual_seed(args.seed)
-    dm = PrvrDataModule(
-        root=str(args.root),
-        collection=args.collection,
-        feature=args.feature,
+    dm = bench.msl_datamodule(
+        args,
+        "validate",
         val_split=args.split,
         eval_batch_size=args.eval_batch,
         eval_video_batch_size=args.eval_video_batch,
-        num_workers=args.num_workers,
     )
-    dm.setup("validate")
     assert dm.corpus is not None
     net = PrvrBaseModel(dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden)
     precision, index_dtype = CONFIGS[args.config]

@@ -23,7 +23,6 @@ yardstick of its `% of peak`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import sys
 import time
@@ -82,13 +81,6 @@ def build(
     return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def batches(loader):
     """Cycle through the loader forever (a new epoch, and a new shuffle, at each end)."""
     while True:
@@ -99,15 +91,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration; returns its row."""
     model, precision, *options = args.config.split("-")
     torch.manual_seed(args.seed)
-    dm = PrvrDataModule(
-        root=str(args.root),
-        collection=args.collection,
-        feature=args.feature,
-        batch_size=args.batch_videos,
-        num_workers=args.num_workers,
-        seed=args.seed,
-    )
-    dm.setup("fit")
+    dm = bench.msl_datamodule(args, "fit", batch_size=args.batch_videos, seed=args.seed)
     lit = build(args, model, dm, checkpointing="ckpt" in options)
     lit.train()
     if "compile" in options:
@@ -116,7 +100,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     stream = batches(dm.train_dataloader())
 
     def step(batch: dict[str, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
-        with autocast(precision):
+        with bench.autocast(precision):
             terms = lit.training_losses(batch)
         terms["loss"].backward()
         if update:

@@ -9,6 +9,7 @@ one sitting mean anything: every result carries the machine facts it was measure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -318,22 +319,37 @@ def percent_of_peak(achieved_gflops: float, peak_gflops: float) -> float:
 # configuration in its own child process (its own peak RSS) and records the rows.
 
 
-def benchmark_parser(
-    doc: str, *, collection: str, feature: str, configs: Sequence[str]
-) -> argparse.ArgumentParser:
-    """An argument parser with the options every configuration benchmark shares:
-    `--root/--collection/--feature` (the dataset), `--configs`, `--seed`, `--threads`,
-    `--no-save`, and the hidden `--child --config` its child processes get."""
+def autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CPU (what `precision=bf16` / Lightning `bf16-mixed` runs), or nothing
+    for fp32."""
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def dataset_parser(doc: str, *, collection: str, feature: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark over an MS-SL collection shares:
+    `--root/--collection/--feature` (the dataset; none: generate one), `--seed`, `--threads`,
+    `--no-save`."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--root", type=Path, help="MS-SL dataset root (default: generate one)")
     parser.add_argument("--collection", default=collection, help="collection under --root")
     parser.add_argument("--feature", default=feature, help="FeatureData/<feature> name")
-    parser.add_argument(
-        "--configs", default=",".join(configs), help=f"comma-separated subset of {list(configs)}"
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--no-save", action="store_true", help="do not append to results.json")
+    return parser
+
+
+def benchmark_parser(
+    doc: str, *, collection: str, feature: str, configs: Sequence[str]
+) -> argparse.ArgumentParser:
+    """`dataset_parser` plus what every configuration benchmark adds: `--configs` and the
+    hidden `--child --config` its child processes get."""
+    parser = dataset_parser(doc, collection=collection, feature=feature)
+    parser.add_argument(
+        "--configs", default=",".join(configs), help=f"comma-separated subset of {list(configs)}"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     return parser
@@ -494,6 +510,23 @@ class SavedActivations:
             "saved MiB by branch": mib(self.by_branch),
             "saved MiB by dtype": mib(self.by_dtype),
         }
+
+
+def msl_datamodule(args: argparse.Namespace, stage: str, **options: Any) -> Any:
+    """The suite's `PrvrDataModule` over the benchmark's MS-SL collection (`--root`,
+    `--collection`, `--feature`, `--num-workers`), set up for `stage`; `options` are further
+    datamodule arguments (batch sizes, split, seed)."""
+    from partial_relevance.data.prvr import PrvrDataModule
+
+    datamodule = PrvrDataModule(
+        root=str(args.root),
+        collection=args.collection,
+        feature=args.feature,
+        num_workers=args.num_workers,
+        **options,
+    )
+    datamodule.setup(stage)
+    return datamodule
 
 
 def model_config(model: str, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -255,12 +255,11 @@ def main() -> int:
     bf16_skipped = None
     if args.bf16 == "off" or (args.bf16 == "auto" and not bf16_usable(rates)):
         bf16_skipped = (
-            f"bf16 matmul {rates['bf16']} GFLOP/s against fp32 {rates['fp32']}: "
-            f"bf16 units {machine['bf16_units']}"
+            f"bf16 emulated: {rates['bf16']} vs fp32 {rates['fp32']} GFLOP/s"
             if args.bf16 == "auto"
             else "--bf16 off"
         )
-        print(f"bf16 rows skipped: {bf16_skipped}", flush=True)
+        print(f"bf16 rows skipped ({bf16_skipped}; units {machine['bf16_units']})", flush=True)
     failed: list[str] = []
     seconds: dict[str, float] = {}
     results: dict[str, dict[str, Any]] = {}
@@ -276,7 +275,7 @@ def main() -> int:
     print(f"=== wall seconds: {seconds}; total {round(sum(seconds.values()), 1)} ===")
     rows = verdicts(results, bf16_skipped)
     for row in rows:
-        print(f"{row['verdict']:>8}  {row['target']}: {row['measured']}", flush=True)
+        print(f"{row['target']}: {row['measured']} -> {row['verdict']}", flush=True)
     notes = [
         "each target as measured by this run's benchmarks on this host (machine facts above); "
         "% of peak is each benchmark row's achieved FLOP/s over the matmul rate of its "

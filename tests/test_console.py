@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 
 from partial_relevance import prem_pipeline, quiet
 from partial_relevance.train import format_metrics, train
-from support import TINY_SYNTHETIC, compose_train_config
+from support import TINY_RUN_OVERRIDES, TINY_SYNTHETIC_OVERRIDES, compose_train_config
 
 
 def test_lightning_tips_are_dropped_other_info_is_kept(caplog):
@@ -47,14 +47,7 @@ def test_wandb_logger_passes_no_anonymous_setting(tmp_path):
 
 
 def test_tensorboard_logger_writes_event_files(tmp_path, synthetic_cache):
-    overrides = [
-        "logger=tensorboard",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        "data.batch_size=8",
-        "model.net.hidden_dim=16",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
-    ]
+    overrides = ["logger=tensorboard", *TINY_RUN_OVERRIDES, *TINY_SYNTHETIC_OVERRIDES]
     out = tmp_path / "run"
     train(compose_train_config(overrides, out, synthetic_cache))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -90,7 +83,7 @@ def test_prem_pipeline_reports_each_stage(tmp_path, synthetic_cache, caplog):
         "model.net.ffn_dim=32",
         "data.batch_size=8",
         f"paths.cache_dir={synthetic_cache}",
-        *[f"data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
+        *TINY_SYNTHETIC_OVERRIDES,
     ]
     argv = ["--out", str(tmp_path / "pipe"), "--threads", "1"]
     argv += [a for c in common for a in ("--common", c)]

@@ -109,14 +109,9 @@ class PrvrProbes(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.totals = defaultdict(float)
 
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_train_batch_end(self, _trainer: Any, _module: Any, outputs: Any, *_: Any) -> None:
+        """Accumulate the probes of one training batch (its `probe_inputs`; trainer, module,
+        batch and index unused)."""
         inputs = outputs.get("probe_inputs") if isinstance(outputs, dict) else None
         if not inputs:
             return

@@ -143,7 +143,8 @@ class PrvrLitModule(VideoQueryEvalModule):
             v = net.video_features(q, enc, y)  # [n, D]
             target = net.target_moments(q, enc, y)  # [n, D]
             r_v, r_q = self.irm_projection(v, target, q)
-            terms.update(irm_terms(r_v, r_q, q, moment_cos, moment_nce, y, cfg, self.irm_cfg))
+            irm_inputs = (r_v, r_q, q, moment_cos, moment_nce, y)
+            terms.update(irm_terms(*irm_inputs, cfg=cfg, irm=self.irm_cfg))
             if probes is not None:
                 probes.update(irm_r_v=r_v, irm_r_q=r_q, target_moment=target)
         if self.tcp_cfg.enabled:

@@ -96,11 +96,4 @@ class PrvrFirstStageLitModule(PrvrLitModule):
     ) -> dict[str, Any]:
         """Write the ranking file of every split into `output_dir` (global rank 0 only) and
         return `{"ranking_file": path}` plus each labelled split's `<split>/VR_*` metrics."""
-        return export_rankings(
-            self,
-            trainer,
-            datamodule,
-            output_dir,
-            self.ranking_cfg,
-            lambda split, device: self.rank_split(datamodule, split, device),
-        )
+        return export_rankings(self, trainer, datamodule, output_dir)

@@ -350,8 +350,9 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
     @torch.no_grad()
     def rank_split(
         self, datamodule: Any, split: str, device: torch.device | str = "cpu"
-    ) -> tuple[SplitRanking, Tensor | None]:
-        """Top-k videos of every query of `split` (SPEC §6.1) and, if labelled, GT ranks."""
+    ) -> tuple[SplitRanking, Tensor | None, None]:
+        """Top-k videos of every query of `split` (SPEC §6.1), if labelled the GT ranks, and
+        no query types (the VCMR corpora's types are scored by the localizer's tables)."""
         data = datamodule.all_splits()[split]
         videos, queries = self.encode_split(datamodule, split, device)
         positive = None
@@ -359,7 +360,7 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
             positive = torch.as_tensor(data.query_video, device=device)
         queries = {**queries, **({"positive": positive} if positive is not None else {})}
         result = self._rank(queries, videos, k=int(self.ranking_cfg.k))
-        return split_ranking(split, data, result), result.ranks
+        return split_ranking(split, data, result), result.ranks, None
 
     def export_artifacts(
         self, trainer: pl.Trainer, datamodule: Any, output_dir: str | Path
@@ -371,15 +372,7 @@ class PremRetrieverLitModule(VideoQueryEvalModule):
         `{"ranking_file": path}` plus each split's VR metrics from the same ranking
         (`<split>/VR_R@k` for the splits not evaluated by validate/test, e.g. train).
         """
-        return export_rankings(
-            self,
-            trainer,
-            datamodule,
-            output_dir,
-            self.ranking_cfg,
-            lambda split, device: (*self.rank_split(datamodule, split, device), None),
-            metric_splits=("train",),
-        )
+        return export_rankings(self, trainer, datamodule, output_dir, metric_splits=("train",))
 
 
 def split_ranking(split: str, data: Any, result: Any) -> SplitRanking:
@@ -396,18 +389,18 @@ def split_ranking(split: str, data: Any, result: Any) -> SplitRanking:
 
 
 def export_rankings(
-    module: pl.LightningModule,
+    module: Any,
     trainer: pl.Trainer,
     datamodule: Any,
     output_dir: str | Path,
-    cfg: RankingConfig,
-    rank_split: Callable[[str, torch.device], tuple[SplitRanking, Tensor | None, Tensor | None]],
     metric_splits: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Write the ranking file of `cfg.splits` (SPEC §6.1) for any first stage; global rank 0
-    only. `rank_split(split, device)` -> (ranking, GT ranks or None, query types or None).
-    Returns `{"ranking_file": path}` plus `<split>/VR_*` for the labelled splits in
-    `metric_splits` (None: every labelled split)."""
+    """Write the ranking file of `module.ranking_cfg.splits` (SPEC §6.1) for any first stage
+    (a LightningModule with `ranking_cfg` and `rank_split(datamodule, split, device)` ->
+    (ranking, GT ranks or None, query types or None)); global rank 0 only. Returns
+    `{"ranking_file": path}` plus `<split>/VR_*` for the labelled splits in `metric_splits`
+    (None: every labelled split)."""
+    cfg: RankingConfig = module.ranking_cfg
     if not cfg.enabled or not hasattr(datamodule, "all_splits"):
         return {}
     path = Path(output_dir) / str(cfg.file)
@@ -424,7 +417,7 @@ def export_rankings(
         for split in cfg.splits:
             if split not in available:
                 continue
-            rankings[split], ranks, types = rank_split(split, device)
+            rankings[split], ranks, types = module.rank_split(datamodule, split, device)
             if ranks is not None and (metric_splits is None or split in metric_splits):
                 metrics = vr_metrics(ranks.cpu(), None if types is None else types.cpu())
                 out.update({f"{split}/{k}": v for k, v in metrics.items()})

@@ -29,15 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from partial_relevance.losses.prvr import (
-    IGNORE_INDEX,
-    ice_loss,
-    ice_select_pairs,
-    irm_neg_loss,
-    irm_red_loss,
-    tcp_group_labels,
-    tcp_loss,
-)
+from partial_relevance.losses import prvr  # the PRVR module losses, reused as they are
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -74,7 +66,7 @@ def prem_ice_pairs(
         cos = _unit(flat) @ _unit(q).T  # [V*L, B]
         clip_video = torch.arange(V, device=q.device).repeat_interleave(L)  # [V*L]
         exclude = (clip_video[:, None] == query_video[None, :]) | ~clip_valid.reshape(-1, 1)
-        clip_idx, query_idx = ice_select_pairs(cos, exclude, threshold)
+        clip_idx, query_idx = prvr.ice_select_pairs(cos, exclude, threshold)
     return clip_idx, query_idx, cos.masked_fill(exclude, -1.0)
 
 
@@ -101,7 +93,7 @@ def prem_ice_loss(
     for name, (q, clips, valid) in streams.items():
         clip_idx, query_idx, _ = prem_ice_pairs(q, clips, valid, query_video, threshold)
         flat = clips.reshape(-1, clips.shape[-1])
-        loss = ice_loss(
+        loss = prvr.ice_loss(
             flat[clip_idx], q[query_idx], margin, nce_sim, tau, nce_average, nce_weight=nce_weight
         )
         out[f"L_ice_{name}"] = loss
@@ -165,7 +157,7 @@ def prem_irm_loss(
         q, r_v, r_q = t["q"][rows], t["r_v"][rows], t["r_q"][rows]
         y = query_video[rows]
         if neg:
-            loss = irm_neg_loss(
+            loss = prvr.irm_neg_loss(
                 r_v,
                 r_q,
                 q,
@@ -180,7 +172,7 @@ def prem_irm_loss(
             out[f"L_neg_{name}"] = loss
             negs.append(loss)
         if red:
-            loss = irm_red_loss(
+            loss = prvr.irm_red_loss(
                 r_v, r_q, margin, nce_sim, tau, nce_average, nce_weight=red_nce_weight
             )
             out[f"L_red_{name}"] = loss
@@ -198,8 +190,8 @@ def tcp_stream_labels(valid: Tensor, clip_lengths: Tensor, groups: int = 8) -> T
     """TCP's group labels `y_o` of one PREM stream `[V, L]`: `floor(t·g / T)` with `T` the
     video's clip count, −100 where the stream has no valid clip (padding; a clip without a
     subtitle on the subtitle stream)."""
-    labels = tcp_group_labels(clip_lengths, valid.shape[1], groups)  # [V, L]
-    return labels.masked_fill(~valid.bool(), IGNORE_INDEX)
+    labels = prvr.tcp_group_labels(clip_lengths, valid.shape[1], groups)  # [V, L]
+    return labels.masked_fill(~valid.bool(), prvr.IGNORE_INDEX)
 
 
 def prem_tcp_loss(
@@ -214,8 +206,8 @@ def prem_tcp_loss(
     out: dict[str, Tensor] = {}
     total = None
     for name, (logits_o, labels_o, logits_s, labels_s) in streams.items():
-        loss = tcp_loss(logits_o, labels_o, logits_s, labels_s)
-        valid = labels_s != IGNORE_INDEX
+        loss = prvr.tcp_loss(logits_o, labels_o, logits_s, labels_s)
+        valid = labels_s != prvr.IGNORE_INDEX
         hits = (logits_s.argmax(-1) == labels_s) & valid
         out[f"L_tcp_{name}"] = loss
         out[f"tcp_acc_{name}"] = (hits.sum() / valid.sum().clamp(min=1)).detach().float()

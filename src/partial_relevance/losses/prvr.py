@@ -287,32 +287,16 @@ def irm_neg_loss(
 irm_red_loss = diagonal_alignment_loss
 
 
-def irm_terms(
-    r_v: Tensor,
-    r_q: Tensor,
-    queries: Tensor,
-    moment_cos: Tensor,
-    moment_nce: Tensor,
-    positive_video: Tensor,
-    cfg: PrvrLossConfig,
-    irm: IrmConfig,
-) -> dict[str, Tensor]:
+def irm_terms(*neg_inputs: Tensor, cfg: PrvrLossConfig, irm: IrmConfig) -> dict[str, Tensor]:
     """IRM (PRVR §3.4, Eq. 10): `L_neg`, `L_red` (each switched by `irm.neg` / `irm.red`) and
-    `L_irm = L_neg + L_red`, from the redundant features r_v, r_q [n, D] of Eq. 9."""
+    `L_irm = L_neg + L_red`. `neg_inputs` are `irm_neg_loss`'s tensors: the redundant features
+    r_v, r_q [n, D] of Eq. 9, the queries, the moment scores and the positive videos."""
+    r_v, r_q, queries = neg_inputs[:3]
     zero = queries.sum() * 0
     rule = (cfg.margin, cfg.nce_sim, cfg.tau)  # m of Eq. 5, s(·,·) and τ of Eq. 6
     neg, red = zero, zero
     if irm.neg:
-        neg = irm_neg_loss(
-            r_v,
-            r_q,
-            queries,
-            moment_cos,
-            moment_nce,
-            positive_video,
-            *rule,
-            nce_weight=irm.neg_nce_weight,
-        )
+        neg = irm_neg_loss(*neg_inputs, *rule, nce_weight=irm.neg_nce_weight)
     if irm.red:
         red = irm_red_loss(r_v, r_q, *rule, cfg.nce_average, nce_weight=irm.red_nce_weight)
     return {"L_neg": neg, "L_red": red, "L_irm": neg + red}
