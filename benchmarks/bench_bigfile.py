@@ -25,7 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Stopwatch, dataset_parser, machine_facts, peak_rss_mb, record_result
+from common import (
+    Stopwatch,
+    add_generated_size_arguments,
+    dataset_parser,
+    machine_facts,
+    peak_rss_mb,
+    record_result,
+)
 
 from partial_relevance.data.preprocess import prvr_video_inputs
 from partial_relevance.data.stores.bigfile import (
@@ -81,8 +88,7 @@ def time_reader(read, video_ids: list[str], max_seconds: float) -> tuple[int, fl
 
 def main() -> None:
     parser = dataset_parser(__doc__, collection="charades", feature="i3d_rgb_lgi")
-    parser.add_argument("--videos", type=int, default=300, help="generated videos")
-    parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
+    add_generated_size_arguments(parser, videos=300, frames=128)
     parser.add_argument("--dim", type=int, default=1024, help="generated feature dim")
     parser.add_argument("--limit", type=int, default=300, help="videos read per reader (max)")
     parser.add_argument(

@@ -173,8 +173,7 @@ def main() -> None:
         __doc__, collection="charades", feature="i3d_rgb_lgi", configs=CONFIGS
     )
     add_layout_arguments(parser, video_dim=1024, query_dim=1024, max_tokens=20)
-    parser.add_argument("--videos", type=int, default=128, help="generated train videos")
-    parser.add_argument("--frames", type=int, default=128, help="generated frames per video")
+    bench.add_generated_size_arguments(parser, videos=128, frames=128)  # train videos
     parser.add_argument("--batch-videos", type=int, default=32, help="videos per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument(

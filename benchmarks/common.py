@@ -341,6 +341,13 @@ def dataset_parser(doc: str, *, collection: str, feature: str) -> argparse.Argum
     return parser
 
 
+def add_generated_size_arguments(parser: argparse.ArgumentParser, videos: int, frames: int) -> None:
+    """`--videos` and `--frames`: the size of the collection generated when no `--root` is
+    given."""
+    parser.add_argument("--videos", type=int, default=videos, help="generated videos")
+    parser.add_argument("--frames", type=int, default=frames, help="generated frames per video")
+
+
 def benchmark_parser(
     doc: str, *, collection: str, feature: str, configs: Sequence[str]
 ) -> argparse.ArgumentParser:

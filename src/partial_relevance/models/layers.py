@@ -42,13 +42,34 @@ def _keep_matmuls(_ctx: object, op: object, *_args: object, **_kwargs: object) -
 def recompute_elementwise(function: Callable[..., Tensor], *args: Tensor | None) -> Tensor:
     """`function(*args)` keeping only its matmul outputs for backward (selective activation
     checkpointing): the elementwise work between them is recomputed, the same numbers (RNG
-    state replayed) for less saved memory and a little more compute."""
+    state replayed) for less saved memory and a little more compute.
+
+    Under autocast the region runs with autocast's weight-cast cache off: a cached cast is
+    skipped in the forward but redone in the recomputation, which selective checkpointing
+    refuses (the ops must replay one to one)."""
+    device = next((a.device.type for a in args if a is not None), "cpu")
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        function = _without_cast_cache(function, device, dtype)
     return checkpoint(
         function,
         *args,
         use_reentrant=False,
         context_fn=functools.partial(create_selective_checkpoint_contexts, _keep_matmuls),
     )
+
+
+def _without_cast_cache(
+    function: Callable[..., Tensor], device: str, dtype: torch.dtype
+) -> Callable[..., Tensor]:
+    """`function` run under autocast to `dtype` with the weight-cast cache disabled."""
+
+    @functools.wraps(function)
+    def run(*args: Tensor | None) -> Tensor:
+        with torch.autocast(device, dtype=dtype, cache_enabled=False):
+            return function(*args)
+
+    return run
 
 
 # Dropout keep masks come from 16 random bits an element: p is applied as the nearest multiple
