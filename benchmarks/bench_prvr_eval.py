@@ -80,7 +80,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         eval_video_batch_size=args.eval_video_batch,
     )
     assert dm.corpus is not None
-    net = PrvrBaseModel(dm.corpus.video_dim, dm.corpus.query_dim, hidden_dim=args.hidden)
+    sizes = {"video_dim": dm.corpus.video_dim, "query_dim": dm.corpus.query_dim}
+    net = PrvrBaseModel(**{**bench.net_arguments("prvr"), **sizes, "hidden_dim": args.hidden})
     precision, index_dtype = CONFIGS[args.config]
     evaluation = [f"model.evaluation.precision={precision}"]
     evaluation.append(f"model.evaluation.index_dtype={index_dtype}")

@@ -64,13 +64,9 @@ def build(
     """The PRVR LightningModule with the paper's defaults; `full` enables ICE, IRM and TCP;
     `checkpointing` recomputes Transformer activations in backward."""
     assert dm.corpus is not None
-    net = PrvrBaseModel(
-        dm.corpus.video_dim,
-        dm.corpus.query_dim,
-        hidden_dim=args.hidden,
-        num_layers=args.layers,
-        dropout=args.dropout,
-    )
+    sizes = {"video_dim": dm.corpus.video_dim, "query_dim": dm.corpus.query_dim}
+    sizes |= {"hidden_dim": args.hidden, "num_layers": args.layers, "dropout": args.dropout}
+    net = PrvrBaseModel(**{**bench.net_arguments("prvr"), **sizes})  # the rest: model=prvr
     full = str(model == "full").lower()
     overrides = [f"model.{m}.enabled={full}" for m in ("ice", "irm", "tcp")]
     overrides += [

@@ -8,6 +8,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -71,6 +72,13 @@ def inference_config(**overrides: Any) -> Any:
     return VcmrInferenceConfig.from_mapping(
         {**model_sections("prem_localizer")["inference"], **overrides}
     )
+
+
+def model_net(model: str, **overrides: Any) -> nn.Module:
+    """The net of `model=<model>` (its `net` section's class and arguments, composed from the
+    config) with `overrides` (tiny sizes), e.g. `model_net("prvr_mssl", hidden_dim=16)`."""
+    cls = hydra.utils.get_class(_model_config(model)["net"]["_target_"])
+    return cls(**net_arguments(model, **overrides))
 
 
 def lit_module(

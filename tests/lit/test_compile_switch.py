@@ -9,17 +9,16 @@ import pytest
 import torch
 
 import partial_relevance.lit.base as lit_base
-from lit_support import lit_module
+from lit_support import lit_module, model_net
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.compile import compile_net
-from partial_relevance.models.prvr import PrvrBaseModel
 from support import compose_train_config
 
 
 def tiny(compile: bool) -> PrvrLitModule:
     torch.manual_seed(0)
-    net = PrvrBaseModel(video_dim=8, query_dim=8, hidden_dim=8, dropout=0.0)
+    net = model_net("prvr", video_dim=8, query_dim=8, hidden_dim=8, dropout=0.0)
     optimizer = functools.partial(BertAdamW, lr=1e-3)
     return lit_module(PrvrLitModule, "prvr", net, optimizer, compile=compile)
 
@@ -43,11 +42,12 @@ def test_configure_model_calls_compile_net_once(monkeypatch):
 
 
 def test_compile_net_compiles_each_encoder_in_place():
-    net = PrvrBaseModel(video_dim=8, query_dim=8, hidden_dim=8)
+    net = model_net("prvr", video_dim=8, query_dim=8, hidden_dim=8)
     names = compile_net(net)
     assert names == ["query_encoder", "clip_encoder", "frame_encoder"]
     assert all(getattr(net, n)._compiled_call_impl is not None for n in names)
-    assert set(net.state_dict()) == set(PrvrBaseModel(8, 8, hidden_dim=8).state_dict())
+    fresh = model_net("prvr", video_dim=8, query_dim=8, hidden_dim=8)
+    assert set(net.state_dict()) == set(fresh.state_dict())
 
 
 @pytest.mark.slow

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from lit_support import lit_module
+from lit_support import lit_module, model_net
 from partial_relevance.data.prvr_vcmr import PrvrVcmrDataModule
 from partial_relevance.data.rankings import ranking_splits, read_rankings
 from partial_relevance.lit.prvr_first_stage import PrvrFirstStageLitModule
-from partial_relevance.models.prvr import MsslBaseModel, PrvrBaseModel
 from partial_relevance.prem_pipeline import first_stage_experiment, main, parse_choices
 from partial_relevance.train import train
 from prem_support import tiny_localizer_datamodule
@@ -57,7 +56,7 @@ def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cac
     assert len(item["videos"]) == 1 + dm.n_neg
 
 
-@pytest.mark.parametrize("base", [PrvrBaseModel, MsslBaseModel])
+@pytest.mark.parametrize("base", ["prvr", "prvr_mssl"])
 def test_every_base_exports_the_ranking_of_its_inference_score(base, tmp_path, synthetic_cache):
     dm = PrvrVcmrDataModule(
         synthetic=TINY_SYNTHETIC,
@@ -72,9 +71,10 @@ def test_every_base_exports_the_ranking_of_its_inference_score(base, tmp_path, s
     )
     dm.setup()
     torch.manual_seed(0)
-    net = base(
-        TINY_SYNTHETIC["vcmr_visual_dim"],
-        TINY_SYNTHETIC["query_dim"],
+    net = model_net(
+        base,
+        video_dim=TINY_SYNTHETIC["vcmr_visual_dim"],
+        query_dim=TINY_SYNTHETIC["query_dim"],
         hidden_dim=16,
         num_heads=2,
         dropout=0.0,

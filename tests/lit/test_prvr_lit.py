@@ -9,7 +9,7 @@ import functools
 import pytest
 import torch
 
-from lit_support import golden_losses, lit_module, model_sections
+from lit_support import golden_losses, lit_module, model_net, model_sections
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
@@ -35,7 +35,7 @@ GOLDEN = {
 
 def tiny_net(name: str, dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(0)
-    return BASES[name](video_dim=32, query_dim=16, hidden_dim=16, dropout=dropout)
+    return model_net(MODEL_CONFIG[name], video_dim=32, query_dim=16, hidden_dim=16, dropout=dropout)
 
 
 def tiny_module(name: str, full: bool, **overrides) -> PrvrLitModule:

@@ -8,18 +8,17 @@ import functools
 import pytest
 import torch
 
-from lit_support import golden_losses, lit_module
+from lit_support import golden_losses, lit_module, model_net
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.layers import FeatureProjection, TransformerLayer
-from partial_relevance.models.prvr import PrvrBaseModel
 
 
 def full_module(recompute: bool) -> PrvrLitModule:
     """The tiny PRVR base with ICE, IRM and TCP on and dropout 0.15."""
     torch.manual_seed(0)
-    net = PrvrBaseModel(video_dim=32, query_dim=16, hidden_dim=16, dropout=0.15)
+    net = model_net("prvr", video_dim=32, query_dim=16, hidden_dim=16, dropout=0.15)
     modules = {"ice": {"enabled": True, "threshold": None}}
     modules |= {"irm": {"enabled": True}, "tcp": {"enabled": True}}
     optimizer = functools.partial(BertAdamW, lr=1e-3)

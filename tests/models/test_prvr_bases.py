@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from lit_support import lit_module
+from lit_support import lit_module, model_net
 from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import (
@@ -36,7 +36,10 @@ BASES = {"mssl": MsslBaseModel, "gmmformer": GmmformerBaseModel}
 
 def tiny_net(name: str, **kwargs):
     torch.manual_seed(0)
-    return BASES[name](video_dim=32, query_dim=16, hidden_dim=16, dropout=0.0, **kwargs)
+    model = {"mssl": "prvr_mssl", "gmmformer": "prvr_gmmformer"}[name]
+    net = model_net(model, video_dim=32, query_dim=16, hidden_dim=16, dropout=0.0, **kwargs)
+    assert isinstance(net, BASES[name])
+    return net
 
 
 def random_batch(b: int = 4, per_video: int = 3, frames: int = 20, seed: int = 1) -> dict:

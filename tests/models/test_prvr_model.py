@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from lit_support import model_net
 from partial_relevance.models.prvr import PrvrBaseModel
 
 
 def tiny_net(**kwargs) -> PrvrBaseModel:
     torch.manual_seed(0)
-    return PrvrBaseModel(video_dim=32, query_dim=16, hidden_dim=16, **{"dropout": 0.0, **kwargs})
+    args = {"video_dim": 32, "query_dim": 16, "hidden_dim": 16, "dropout": 0.0, **kwargs}
+    return model_net("prvr", **args)
 
 
 def test_encodings_and_similarities():

@@ -70,18 +70,21 @@ class PrvrBaseModel(nn.Module):
         self,
         video_dim: int,
         query_dim: int,
-        hidden_dim: int = 384,
-        num_heads: int = 4,
-        dropout: float = 0.15,
-        num_layers: int = 1,
-        ffn: bool = True,
-        num_moments: int = 32,
-        max_frames: int = 128,
-        max_words: int = 30,
-        score_block_elements: int = 2**25,
+        *,
+        hidden_dim: int,
+        num_heads: int,
+        dropout: float,
+        num_layers: int,
+        ffn: bool,
+        num_moments: int,
+        max_frames: int,
+        max_words: int,
+        score_block_elements: int,
         video_encoder: Callable[[int, int, int, float], TransformerEncoder] | None = None,
     ) -> None:
-        """`score_block_elements` bounds the largest intermediate of `score_queries`;
+        """Every value from the `net` section of `conf/model/prvr.yaml` (D = 384, dropout 0.15:
+        PRVR §4.1.3). `score_block_elements` bounds the largest intermediate of
+        `score_queries`;
         `video_encoder(hidden_dim, max_len, num_heads, dropout)` builds the clip and frame
         branch encoders (default: the text encoder's Transformer; GMMFormer passes its
         Gaussian blocks)."""

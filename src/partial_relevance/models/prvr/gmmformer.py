@@ -127,15 +127,15 @@ class GmmformerBaseModel(PrvrBaseModel):
         self,
         video_dim: int,
         query_dim: int,
-        num_layers: int = 2,
-        ffn: bool = False,
-        widths: Sequence[float | None] = (None, 0.5, 1.0, 5.0),
-        gaussian_mode: str = "multiply",
+        *,
+        num_layers: int,
+        widths: Sequence[float | None],
+        gaussian_mode: str,
         **kwargs: Any,
     ) -> None:
-        """The base model's arguments (`kwargs`: width, heads, dropout, lengths, score block),
-        with GMMFormer's Gaussian blocks (`num_layers`, `widths`, `gaussian_mode`) in both
-        video branches and one attention-only text block."""
+        """The base model's arguments (`kwargs`: width, heads, dropout, lengths, score block,
+        `ffn` of the text block), with GMMFormer's Gaussian blocks (`num_layers`, `widths`,
+        `gaussian_mode`, `conf/model/prvr_gmmformer.yaml`) in both video branches."""
         widths = tuple(None if w is None else float(w) for w in widths)
 
         def encoder(dim: int, max_len: int, num_heads: int, dropout: float) -> GaussianEncoder:
@@ -143,6 +143,4 @@ class GmmformerBaseModel(PrvrBaseModel):
                 dim, max_len, num_layers, num_heads, dropout, widths, gaussian_mode
             )
 
-        super().__init__(
-            video_dim, query_dim, num_layers=1, ffn=ffn, video_encoder=encoder, **kwargs
-        )
+        super().__init__(video_dim, query_dim, num_layers=1, video_encoder=encoder, **kwargs)

@@ -65,16 +65,12 @@ class MsslBaseModel(PrvrBaseModel):
         self,
         video_dim: int,
         query_dim: int,
-        hidden_dim: int = 384,
-        ffn: bool = False,
-        num_moments: int = 32,
         **kwargs: Any,
     ) -> None:
-        """The base model's arguments (`kwargs`: heads, dropout, layers, lengths, score
-        block), with MS-SL's attention-only blocks (`ffn=False`) by default."""
-        super().__init__(
-            video_dim, query_dim, hidden_dim=hidden_dim, ffn=ffn, num_moments=num_moments, **kwargs
-        )
+        """The base model's arguments (`conf/model/prvr_mssl.yaml`: MS-SL's attention-only
+        blocks, `ffn=False`)."""
+        super().__init__(video_dim, query_dim, **kwargs)
+        hidden_dim, num_moments = self.hidden_dim, kwargs["num_moments"]
         del self.frame_pooling  # MS-SL's video vector is key-clip guided, not pooled
         # MS-SL `mapping_linear[0]`, `[1]`: keys and values of the guided attention.
         self.key_projection = nn.Linear(hidden_dim, hidden_dim, bias=False)
