@@ -24,6 +24,7 @@ from support import (
     TINY_RUN_OVERRIDES,
     TINY_SYNTHETIC,
     TINY_SYNTHETIC_OVERRIDES,
+    TINY_VCMR_DIMS,
     compose_train_config,
 )
 
@@ -58,29 +59,19 @@ def test_train_writes_a_ranking_file_the_localizer_reads(tmp_path, synthetic_cac
 
 @pytest.mark.parametrize("base", ["prvr", "prvr_mssl"])
 def test_every_base_exports_the_ranking_of_its_inference_score(base, tmp_path, synthetic_cache):
+    lengths = {"num_moments": 4, "max_frames": 50}
     dm = PrvrVcmrDataModule(
         synthetic=TINY_SYNTHETIC,
         cache_dir=str(synthetic_cache),
-        visual_dim=TINY_SYNTHETIC["vcmr_visual_dim"],
-        subtitle_dim=TINY_SYNTHETIC["subtitle_dim"],
-        query_dim=TINY_SYNTHETIC["query_dim"],
-        num_moments=4,
-        max_frames=50,
+        **TINY_VCMR_DIMS,
+        **lengths,
         eval_batch_size=7,
         eval_video_batch_size=5,
     )
     dm.setup()
     torch.manual_seed(0)
-    net = model_net(
-        base,
-        video_dim=TINY_SYNTHETIC["vcmr_visual_dim"],
-        query_dim=TINY_SYNTHETIC["query_dim"],
-        hidden_dim=16,
-        num_heads=2,
-        dropout=0.0,
-        num_moments=4,
-        max_frames=50,
-    )
+    dims = {"video_dim": TINY_VCMR_DIMS["visual_dim"], "query_dim": TINY_VCMR_DIMS["query_dim"]}
+    net = model_net(base, **dims, hidden_dim=16, num_heads=2, dropout=0.0, **lengths)
     module = lit_module(
         PrvrFirstStageLitModule,
         "prvr_first_stage",
