@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
-from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import PrvrBaseModel
 
@@ -86,7 +84,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     evaluation = [f"model.evaluation.precision={precision}"]
     evaluation.append(f"model.evaluation.index_dtype={index_dtype}")
     sections = bench.model_sections("prvr", evaluation)
-    lit = PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
+    lit = PrvrLitModule(net, bench.optimizer_factory("prvr"), **sections)
     lit.eval()
     videos_loader, queries_loader = dm.eval_dataloaders("val")
 

@@ -23,7 +23,6 @@ yardstick of its `% of peak`.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
-from partial_relevance.lit.optim import BertAdamW, parameter_groups
+from partial_relevance.lit.optim import parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.compile import compile_net
 from partial_relevance.models.prvr import PrvrBaseModel
@@ -74,7 +73,7 @@ def build(
         f"model.recompute_elementwise={args.recompute_elementwise}",  # the LightningModule sets it
     ]
     sections = bench.model_sections("prvr", overrides)
-    return PrvrLitModule(net, functools.partial(BertAdamW, lr=2.5e-4), **sections)
+    return PrvrLitModule(net, bench.optimizer_factory("prvr"), **sections)
 
 
 def batches(loader):
@@ -92,7 +91,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     lit.train()
     if "compile" in options:
         compile_net(lit.net)  # what `model.compile=true` compiles (models.compile)
-    optimizer = BertAdamW(parameter_groups(lit, 0.01), lr=2.5e-4)
+    optimizer = bench.optimizer_factory("prvr")(parameter_groups(lit, 0.01))
     stream = batches(dm.train_dataloader())
 
     def step(batch: dict[str, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -555,6 +556,16 @@ def model_sections(model: str, overrides: list[str] | None = None) -> dict[str, 
     return {
         k: v for k, v in config.items() if k not in ("_target_", "_recursive_", "net", "optimizer")
     }
+
+
+def optimizer_factory(model: str, **overrides: Any) -> Any:
+    """The optimiser of `model=<model>` (`conf/model/optimizer/*`) as a factory of parameters,
+    with `overrides` (e.g. `lr=2.5e-4`)."""
+    import hydra
+
+    config = model_config(model)["optimizer"]
+    values = {k: v for k, v in config.items() if not k.startswith("_")}
+    return functools.partial(hydra.utils.get_class(config["_target_"]), **{**values, **overrides})
 
 
 def net_arguments(model: str, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -81,6 +81,15 @@ def model_net(model: str, **overrides: Any) -> nn.Module:
     return cls(**net_arguments(model, **overrides))
 
 
+def bert_adamw(**overrides: Any) -> Callable[..., torch.optim.Optimizer]:
+    """`BertAdamW` with `conf/model/optimizer/bert_adamw.yaml`'s values and `overrides`
+    (`lr=1e-3`), as the factory a LightningModule takes: `bert_adamw(lr=1e-3)(params)`."""
+    from partial_relevance.lit.optim import BertAdamW
+
+    values = {k: v for k, v in _model_config("prvr")["optimizer"].items() if not k.startswith("_")}
+    return functools.partial(BertAdamW, **{**values, **overrides})
+
+
 def lit_module(
     cls: type, model: str, net: nn.Module | Mapping, optimizer: Callable | Mapping, **overrides
 ) -> Any:

@@ -13,8 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lit_support import lit_module, model_net
-from partial_relevance.lit.optim import BertAdamW
+from lit_support import bert_adamw, lit_module, model_net
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.losses.prvr import irm_neg_loss, irm_red_loss
 from partial_relevance.tables import load_table_spec, plan_jobs, write_row_configs
@@ -70,7 +69,7 @@ def _irm_terms(neg_w: float, red_w: float) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     net = model_net("prvr", video_dim=8, query_dim=6, hidden_dim=8, dropout=0.0)
     irm = {"enabled": True, "neg_nce_weight": neg_w, "red_nce_weight": red_w}
-    model = lit_module(PrvrLitModule, "prvr", net, lambda p: BertAdamW(p, lr=1e-3), irm=irm)
+    model = lit_module(PrvrLitModule, "prvr", net, bert_adamw(lr=1e-3), irm=irm)
     gen = torch.Generator().manual_seed(1)
     b, n = 3, 6
     batch = {

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from lit_support import bert_adamw
 from partial_relevance.lit.optim import BertAdamW, parameter_groups
 
 
@@ -43,7 +44,7 @@ def test_foreach_step_equals_the_loop_over_five_steps():
     model[3].weight.requires_grad_(False)  # never has a gradient
     reference = [p.detach().clone() for p in model.parameters()]
     groups = parameter_groups(model, 0.01)
-    optimizer = BertAdamW(groups, lr=1e-2, eps=1e-6, max_grad_norm=1.0)
+    optimizer = bert_adamw(lr=1e-2, eps=1e-6, max_grad_norm=1.0)(groups)
     ref_params = [p.clone() for p in reference]
     by_id = {id(p): r for p, r in zip(model.parameters(), ref_params, strict=True)}
     ref_groups = [[by_id[id(p)] for p in g["params"]] for g in groups]
@@ -73,7 +74,9 @@ def test_foreach_step_equals_the_loop_over_five_steps():
 def test_one_hand_computed_step_with_clipping_and_decay():
     p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
     p.grad = torch.tensor([3.0, 4.0])  # norm 5 > 1: clipped to [0.6, 0.8] (up to 1e-6)
-    BertAdamW([p], lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01).step()
+    BertAdamW(
+        [p], lr=0.1, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, max_grad_norm=1.0
+    ).step()
     g = torch.tensor([3.0, 4.0]) / (5.0 + 1e-6)
     m, v = 0.1 * g, 0.001 * g * g  # no bias correction
     update = m / (v.sqrt() + 1e-6) + 0.01 * torch.tensor([1.0, 2.0])

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
 import partial_relevance.lit.base as lit_base
-from lit_support import lit_module, model_net
-from partial_relevance.lit.optim import BertAdamW
+from lit_support import bert_adamw, lit_module, model_net
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.compile import compile_net
 from support import compose_train_config
@@ -19,7 +16,7 @@ from support import compose_train_config
 def tiny(compile: bool) -> PrvrLitModule:
     torch.manual_seed(0)
     net = model_net("prvr", video_dim=8, query_dim=8, hidden_dim=8, dropout=0.0)
-    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    optimizer = bert_adamw(lr=1e-3)
     return lit_module(PrvrLitModule, "prvr", net, optimizer, compile=compile)
 
 

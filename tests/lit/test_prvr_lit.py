@@ -4,14 +4,11 @@ interface 3) and the one optimiser path."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from lit_support import golden_losses, lit_module, model_net, model_sections
+from lit_support import bert_adamw, golden_losses, lit_module, model_net, model_sections
 from partial_relevance.data.prvr import PrvrDataModule
-from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import GmmformerBaseModel, MsslBaseModel, PrvrBaseModel
 
@@ -43,7 +40,7 @@ def tiny_module(name: str, full: bool, **overrides) -> PrvrLitModule:
     modules = {"ice": {"enabled": full, "threshold": None}}
     modules |= {"irm": {"enabled": full}, "tcp": {"enabled": full}}
     net = overrides.pop("net", None) or tiny_net(name)
-    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    optimizer = bert_adamw(lr=1e-3)
     return lit_module(PrvrLitModule, MODEL_CONFIG[name], net, optimizer, **modules, **overrides)
 
 
@@ -62,7 +59,7 @@ def first_batches(tiny_corpus, steps: int = 3) -> list[dict]:
 def first_losses(tiny_corpus, name: str, full: bool, **overrides) -> list[float]:
     batches = first_batches(tiny_corpus)
     model = tiny_module(name, full, **overrides)
-    optimizer = BertAdamW(model.parameters(), lr=1e-3)
+    optimizer = bert_adamw(lr=1e-3)(model.parameters())
     torch.manual_seed(0)
     return [step[0] for step in golden_losses(model, optimizer, batches)]
 
@@ -134,4 +131,4 @@ def test_sections_must_be_complete():
     sections = model_sections("prvr")
     del sections["ice"]["nce_weight"]
     with pytest.raises(ValueError, match=r"model\.ice: .*missing keys \['nce_weight'\]"):
-        PrvrLitModule(tiny_net("prvr"), functools.partial(BertAdamW, lr=1e-3), **sections)
+        PrvrLitModule(tiny_net("prvr"), bert_adamw(lr=1e-3), **sections)

@@ -3,14 +3,11 @@ and no update of the full PRVR model with dropout on."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
 
-from lit_support import golden_losses, lit_module, model_net
+from lit_support import bert_adamw, golden_losses, lit_module, model_net
 from partial_relevance.data.prvr import PrvrDataModule
-from partial_relevance.lit.optim import BertAdamW
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.layers import FeatureProjection, TransformerLayer
 
@@ -21,7 +18,7 @@ def full_module(recompute: bool) -> PrvrLitModule:
     net = model_net("prvr", video_dim=32, query_dim=16, hidden_dim=16, dropout=0.15)
     modules = {"ice": {"enabled": True, "threshold": None}}
     modules |= {"irm": {"enabled": True}, "tcp": {"enabled": True}}
-    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    optimizer = bert_adamw(lr=1e-3)
     return lit_module(
         PrvrLitModule, "prvr", net, optimizer, **modules, recompute_elementwise=recompute
     )
@@ -45,7 +42,7 @@ def test_recompute_elementwise_changes_no_number(tiny_corpus, precision):
             m for m in model.modules() if isinstance(m, (FeatureProjection, TransformerLayer))
         ]
         assert blocks and all(m.recompute_elementwise is recompute for m in blocks)
-        optimizer = BertAdamW(model.parameters(), lr=1e-3)
+        optimizer = bert_adamw(lr=1e-3)(model.parameters())
         torch.manual_seed(0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             losses.append([step[0] for step in golden_losses(model, optimizer, batches)])

@@ -7,7 +7,6 @@ through every module term (golden first losses: tests/lit/test_prvr_lit.py).
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -15,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from lit_support import lit_module, model_net
-from partial_relevance.lit.optim import BertAdamW
+from lit_support import bert_adamw, lit_module, model_net
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import (
     GaussianWindowAttention,
@@ -255,7 +253,7 @@ def test_gmmformer_modes_run(mode):
 
 def full_module(net) -> PrvrLitModule:
     modules = {"irm": {"enabled": True}, "tcp": {"enabled": True}}
-    optimizer = functools.partial(BertAdamW, lr=1e-3)
+    optimizer = bert_adamw(lr=1e-3)
     ice = {"enabled": True, "threshold": None}
     return lit_module(PrvrLitModule, "prvr", net, optimizer, ice=ice, **modules)
 
@@ -302,7 +300,7 @@ def test_every_module_term_reaches_the_encoders(name):
     model.zero_grad(set_to_none=True)
     terms["loss"].backward()
     before = model.net.clip_projection.linear.weight.detach().clone()
-    BertAdamW(model.parameters(), lr=1e-3).step()
+    bert_adamw(lr=1e-3)(model.parameters()).step()
     assert not torch.equal(before, model.net.clip_projection.linear.weight)
 
 

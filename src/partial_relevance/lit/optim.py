@@ -17,16 +17,21 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 class BertAdamW(Optimizer):
-    """Adam with decoupled weight decay, no bias correction, per-tensor grad clipping."""
+    """Adam with decoupled weight decay, no bias correction, per-tensor grad clipping.
+
+    Every hyperparameter is required: the values live in `conf/model/optimizer/bert_adamw.yaml`
+    (lr 2.5e-4: PRVR §4.1.3; the rest MS-SL's, SPEC §3).
+    """
 
     def __init__(
         self,
         params: Iterable,
-        lr: float = 2.5e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.01,
-        max_grad_norm: float = 1.0,
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        max_grad_norm: float,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"optimizer.lr must be positive, got {lr}")
