@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from partial_relevance.models.precision import cpu_flags
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
@@ -62,7 +65,7 @@ def cpu_model() -> str:
 
 def bf16_units() -> dict[str, bool]:
     """Whether the CPU advertises bf16 matrix/vector units (`amx_bf16`, `avx512_bf16`)."""
-    flags = set(_cpuinfo_fields().get("flags", "").split())
+    flags = cpu_flags() or set()
     return {flag: flag in flags for flag in BF16_FLAGS}
 
 
@@ -539,14 +542,20 @@ def msl_datamodule(args: argparse.Namespace, stage: str, **options: Any) -> Any:
 
 def model_config(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """`model=<model>` composed from the configs (the one source of every default) with Hydra
-    `overrides` (e.g. `model.ice.enabled=true`), every interpolation resolved."""
+    `overrides` (e.g. `model.ice.enabled=true`), every interpolation resolved; composed once
+    per (model, overrides), a fresh copy each call."""
+    return copy.deepcopy(_composed_model(model, tuple(overrides or ())))
+
+
+@functools.cache
+def _composed_model(model: str, overrides: tuple[str, ...]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from partial_relevance.train import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", *(overrides or [])])
+        cfg = compose("train", overrides=[f"model={model}", *overrides])
     return OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[return-value]
 
 

@@ -122,14 +122,27 @@ class Dropout(nn.Dropout):
         """1/(1 - p) in training, 1 otherwise (what kept values are multiplied by)."""
         return 1.0 / (1.0 - self.p) if self.training and 0.0 < self.p < 1.0 else 1.0
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.p == 1.0:
-            return torch.zeros_like(x)
+    def forward(self, x: Tensor) -> Tensor:  # p = 1: an all-False mask, scale 1 -> zeros
         return apply_keep(x, self.keep(x), self.scale)
 
 
-def _active(dropout: Dropout | None) -> bool:
-    return dropout is not None and dropout.training and dropout.p > 0.0
+def _keep_of(dropout: Dropout | None, x: Tensor) -> Tensor | None:
+    return None if dropout is None else dropout.keep(x)
+
+
+def _folded_weights(
+    linear: nn.Linear, before: Dropout | None, after: Dropout | None
+) -> tuple[Tensor, Tensor | None]:
+    """The Linear's weight times both dropouts' 1/(1 - p) and its bias times `after`'s (each
+    scale 1 in eval, at p = 0 or p = 1, where no product is formed)."""
+    scale_in = 1.0 if before is None else before.scale
+    scale_out = 1.0 if after is None else after.scale
+    weight, bias = linear.weight, linear.bias
+    if scale_in * scale_out != 1.0:
+        weight = weight * (scale_in * scale_out)
+    if bias is not None and scale_out != 1.0:
+        bias = bias * scale_out
+    return weight, bias
 
 
 def dropout_linear(
@@ -138,22 +151,9 @@ def dropout_linear(
     """`after(linear(before(x)))` with both dropouts' 1/(1 - p) folded into the Linear's weight
     (and `after`'s into its bias): the large activations are only masked, never scaled, in
     forward and backward. Same numbers as the unfused chain up to float rounding."""
-    if any(d is not None and d.training and d.p == 1.0 for d in (before, after)):
-        y = linear(x if before is None else before(x))
-        return y if after is None else after(y)
-    weight, bias, bias_scale = linear.weight, linear.bias, 1.0
-    if _active(before):
-        assert before is not None
-        x = apply_keep(x, before.keep(x))
-        weight = weight * before.scale
-    if _active(after):
-        assert after is not None
-        bias_scale = after.scale
-        weight = weight * bias_scale
-    if bias is not None and bias_scale != 1.0:
-        bias = bias * bias_scale
-    y = F.linear(x, weight, bias)
-    return apply_keep(y, after.keep(y)) if _active(after) else y  # type: ignore[union-attr]
+    weight, bias = _folded_weights(linear, before, after)
+    y = F.linear(apply_keep(x, _keep_of(before, x)), weight, bias)
+    return apply_keep(y, _keep_of(after, y))
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -226,19 +226,12 @@ def gelu_dropout_linear(
     into the weight, the same masks drawn in the same order), keeping only `pre` and the masks
     for backward in training (`_GeluMaskedLinear`); eval and no-grad take the plain path."""
     needs_grad = torch.is_grad_enabled() and (pre.requires_grad or linear.weight.requires_grad)
-    if not needs_grad or any(d is not None and d.training and d.p == 1.0 for d in (before, after)):
+    if not needs_grad:
         return dropout_linear(F.gelu(pre, approximate=approximate), linear, before, after)
-    weight, bias, keep = linear.weight, linear.bias, None
-    if _active(before):
-        assert before is not None
-        keep = before.keep(pre)
-        weight = weight * before.scale
-    if _active(after):
-        assert after is not None
-        weight = weight * after.scale
-        bias = None if bias is None else bias * after.scale
+    weight, bias = _folded_weights(linear, before, after)
+    keep = _keep_of(before, pre)  # gelu(pre) has pre's shape
     y = _GeluMaskedLinear.apply(pre, keep, weight, bias, approximate, _compute_dtype(pre))
-    return apply_keep(y, after.keep(y)) if _active(after) else y  # type: ignore[union-attr]
+    return apply_keep(y, _keep_of(after, y))
 
 
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:

@@ -25,10 +25,9 @@ def check_precision(precision: str, key: str) -> None:
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
 
 
-def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU advertises bf16 units (True/False), or None where it cannot tell (no
-    `/proc/cpuinfo`). Without them bf16 matmuls are emulated: ~1 GFLOP/s against ~150 in fp32
-    on a 2-core AVX2 EPYC (benchmarks/RESULTS.md), so `precision=bf16` is a slowdown there."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (x86 `flags`, Arm `Features` lines of `/proc/cpuinfo`), or None
+    where there is no such file."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -38,7 +37,15 @@ def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
+    return flags
+
+
+def cpu_has_bf16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU advertises bf16 units (True/False), or None where it cannot tell (no
+    `/proc/cpuinfo`). Without them bf16 matmuls are emulated: ~1 GFLOP/s against ~150 in fp32
+    on a 2-core AVX2 EPYC (benchmarks/RESULTS.md), so `precision=bf16` is a slowdown there."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
 def net_dtype(net: nn.Module) -> torch.dtype:
