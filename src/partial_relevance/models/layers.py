@@ -135,13 +135,12 @@ def _folded_weights(
 ) -> tuple[Tensor, Tensor | None]:
     """The Linear's weight times both dropouts' 1/(1 - p) and its bias times `after`'s (each
     scale 1 in eval, at p = 0 or p = 1, where no product is formed)."""
-    scale_in = 1.0 if before is None else before.scale
-    scale_out = 1.0 if after is None else after.scale
     weight, bias = linear.weight, linear.bias
-    if scale_in * scale_out != 1.0:
-        weight = weight * (scale_in * scale_out)
-    if bias is not None and scale_out != 1.0:
-        bias = bias * scale_out
+    for dropout in (before, after):  # one product each, in this order (the numbers pinned)
+        if dropout is not None and dropout.scale != 1.0:
+            weight = weight * dropout.scale
+    if bias is not None and after is not None and after.scale != 1.0:
+        bias = bias * after.scale
     return weight, bias
 
 
