@@ -23,6 +23,7 @@ yardstick of its `% of peak`.
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -111,6 +112,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     queries = data_seconds = 0.0
     step_seconds: list[float] = []
     n_c: list[float] = []
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -123,6 +125,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         if "n_c" in terms:
             n_c.append(float(terms["n_c"]))
     total = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     compute = sum(step_seconds)
     peak_rss = bench.peak_rss_mb()  # of training itself: the untimed steps below hold more
     peak = bench.sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
@@ -141,6 +144,9 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "warm-up s": round(warmup_s, 1),
         "data s/step": round(data_seconds / args.steps, 3),
         "data %": round(100 * data_seconds / total, 1),
+        # The kernel's share: first touches of freshly mapped tensor memory (page faults).
+        "sys s/step": round((usage.ru_stime - usage_before.ru_stime) / args.steps, 3),
+        "page faults/step": round((usage.ru_minflt - usage_before.ru_minflt) / args.steps),
         "GFLOP/step": round(flops_per_step / 1e9, 1),
         "achieved GFLOP/s": round(achieved, 1),
         "matmul GFLOP/s": round(peak, 1),

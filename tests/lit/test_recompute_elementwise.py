@@ -50,4 +50,15 @@ def test_recompute_elementwise_changes_no_number(tiny_corpus, precision):
         assert losses[1] == pytest.approx(losses[0], abs=1e-6)
     else:  # the first step is the same; the updates differ by bf16 accumulation only
         assert losses[1][0] == pytest.approx(losses[0][0], abs=1e-6)
-        assert losses[1] == pytest.approx(losses[0], rel=5e-3)
+        # Adam's normalised steps amplify that rounding over updates: the losses stay within
+        # 2 %, and the first gradients (below) within bf16's rounding.
+        assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+        gradients = []
+        for recompute in (False, True):
+            model = full_module(recompute)
+            torch.manual_seed(0)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model.training_losses(batches[0])["loss"].backward()
+            gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        difference = (gradients[1] - gradients[0]).norm() / gradients[0].norm()
+        assert difference < 2e-3, difference  # measured 2e-4 (3e-4 before the fused layers)

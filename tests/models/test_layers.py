@@ -12,9 +12,11 @@ from partial_relevance.models.layers import (
     Dropout,
     FeatureProjection,
     TransformerLayer,
+    dropout_attention,
     dropout_linear,
     gelu_dropout_linear,
     keep_mask,
+    norm_dropout_linear,
     set_recompute_elementwise,
 )
 
@@ -192,3 +194,98 @@ def test_gelu_dropout_linear_equals_the_unfused_chain_and_saves_no_gelu_output(p
     assert wide_floats(saved[0]) >= 2  # GELU's input and the Linear's (masked) input
     before.eval(), after.eval()
     torch.testing.assert_close(fused(), linear(torch.nn.functional.gelu(pre)))
+
+
+@pytest.mark.parametrize("precision", ["fp64", "fp32", "bf16"])
+def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(precision):
+    """`dropout_attention` gives softmax(q kᵀ/√d, padded keys masked) · keep/(1 - p) · v and its
+    gradients with the same keep mask (exactly in fp64, to rounding in fp32 and under bf16
+    autocast), keeps no [B, h, L, L] float for backward (only the bool mask), and draws its
+    mask like every torch RNG op (seeded)."""
+    torch.manual_seed(0)
+    B, h, L, d, p = 3, 2, 7, 5, 0.3
+    dtype = torch.float64 if precision == "fp64" else torch.float32
+    qkv = torch.randn(B, L, 3, h, d, dtype=dtype, requires_grad=True)
+    allowed = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    allowed[1, ..., 5:] = False
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def reference(keep: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [B, h, L, d] each
+        logits = (q @ k.transpose(-1, -2) / d**0.5).masked_fill(~allowed, float("-inf"))
+        return torch.where(keep, torch.softmax(logits, -1), 0.0) / (1 - p) @ v
+
+    torch.manual_seed(1)
+    keep = keep_mask(torch.Size((B, h, L, L)), p, "cpu")
+    expected = reference(keep)
+    saved: list[tuple[int, torch.dtype]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((t.numel(), t.dtype))
+        return t
+
+    torch.manual_seed(1)  # the same mask
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        out = dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p)
+    weights = torch.linspace(-1, 1, d, dtype=dtype)
+    grads = [torch.autograd.grad((y.to(dtype) * weights).sum(), qkv)[0] for y in (out, expected)]
+    tol = {
+        "fp64": {"rtol": 1e-12, "atol": 1e-12},
+        "fp32": {"rtol": 1e-5, "atol": 1e-6},
+        "bf16": {"rtol": 3e-2, "atol": 3e-2},
+    }[precision]
+    torch.testing.assert_close(out.to(dtype), expected, **tol)
+    torch.testing.assert_close(grads[0], grads[1], **tol)
+    assert (expected == 0).sum() < expected.numel()  # the mask drops weights, not whole rows
+    assert not any(n == B * h * L * L and t.is_floating_point for n, t in saved)
+    assert (B * h * L * L, torch.bool) in saved
+    torch.manual_seed(1)
+    with autocast:
+        assert torch.equal(dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p), out)
+
+
+@pytest.mark.parametrize("case", ["fp32", "bf16", "data-input", "no-dropout"])
+def test_norm_dropout_linear_equals_the_unfused_chain_and_keeps_no_normed_copy(case: str):
+    """`norm_dropout_linear` returns (norm(x), linear(dropout(norm(x)))) with the chain's
+    numbers and gradients (x's, the norm's and the Linear's, both outputs used, same masks),
+    under bf16 autocast too, and keeps no [.., D] float but x for backward: the normalised
+    input is recomputed. With x a batch (no grad) only the parameters get gradients."""
+    torch.manual_seed(0)
+    norm, linear = nn.LayerNorm(6), nn.Linear(6, 5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    dropout = None if case == "no-dropout" else Dropout(0.3).train()
+    x = torch.randn(4, 3, 6, requires_grad=case != "data-input")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16")
+    inputs = [t for t in (x, *norm.parameters(), *linear.parameters()) if t.requires_grad]
+
+    def unfused() -> tuple[torch.Tensor, torch.Tensor]:
+        normed = norm(x)
+        return normed, linear(normed if dropout is None else dropout(normed))
+
+    results, saved = [], []
+    for fn in (unfused, lambda: norm_dropout_linear(x, norm, linear, dropout)):
+        entries: list[tuple[int, torch.dtype]] = []
+
+        def pack(t: torch.Tensor, entries: list = entries) -> torch.Tensor:
+            entries.append((t.numel(), t.dtype))
+            return t
+
+        torch.manual_seed(7)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            normed, out = fn()
+        loss = (normed * torch.linspace(-1, 1, 6)).sum() + (out.float() * torch.arange(5.0)).sum()
+        results.append([normed, out.float(), *torch.autograd.grad(loss, inputs)])
+        saved.append(entries)
+    # bf16: products rounded in another order (the scale folded into W), sums of 12 terms
+    tol = {"rtol": 1e-5, "atol": 1e-5} if case != "bf16" else {"rtol": 4e-2, "atol": 1e-1}
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+    assert results[1][0].dtype == torch.float32  # the normalised stream stays fp32 (residual)
+    floats = [n for n, t in saved[1] if n == x.numel() and t.is_floating_point]
+    assert floats == [x.numel()]  # x only (the unfused chain keeps x and the normed input)
+    assert len([n for n, t in saved[0] if n == x.numel() and t.is_floating_point]) >= 2
+    if dropout is not None:
+        dropout.eval()
+    normed, out = norm_dropout_linear(x, norm, linear, dropout)
+    torch.testing.assert_close(out, linear(norm(x)))

@@ -8,6 +8,7 @@ that never let padding win.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -233,6 +234,188 @@ def gelu_dropout_linear(
     return apply_keep(y, _keep_of(after, y))
 
 
+class _NormDropoutLinear(torch.autograd.Function):
+    """(LayerNorm(x), (keep · LayerNorm(x)) Wᵀ + b) saving only x, the row statistics and the
+    bool mask for backward: the normalised input, which the Linear would keep for its weight's
+    gradient, is recomputed there (one elementwise pass). x is kept anyway (by the residual
+    sum's producer or as the batch itself), so the pair costs one [.., D] float less."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,  # [..., D] (the residual stream or the batch features)
+        norm_weight: Tensor,  # [D]
+        norm_bias: Tensor,  # [D]
+        eps: float,
+        keep: Tensor | None,  # [..., D] bool, or None
+        weight: Tensor,  # [E, D] (dropout scale folded in)
+        bias: Tensor | None,  # [E]
+        dtype: torch.dtype,  # the Linear's dtype (autocast's, else x's)
+    ) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        with torch.autocast(x.device.type, enabled=False):
+            normed, mean, rstd = torch.native_layer_norm(
+                x, norm_weight.shape, norm_weight, norm_bias, eps
+            )
+            hidden = apply_keep(normed, keep).to(dtype)
+            out = F.linear(hidden, weight.to(dtype), None if bias is None else bias.to(dtype))
+        ctx.save_for_backward(x, norm_weight, norm_bias, mean, rstd, keep, weight)
+        ctx.eps, ctx.dtype, ctx.has_bias = eps, dtype, bias is not None
+        return normed, out
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad_normed: Tensor | None, grad: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, norm_weight, norm_bias, mean, rstd, keep, weight = ctx.saved_tensors
+        dtype = ctx.dtype
+        grad_weight = grad_bias = None
+        with torch.autocast(x.device.type, enabled=False):
+            if grad is not None:
+                grad = grad.to(dtype)
+                flat_grad = grad.reshape(-1, grad.shape[-1])  # [N, E]
+                normed = torch.native_layer_norm(
+                    x, norm_weight.shape, norm_weight, norm_bias, ctx.eps
+                )[0]  # recomputed: the same numbers as forward
+                hidden = apply_keep(normed, keep).to(dtype)
+                del normed
+                grad_weight = flat_grad.t().mm(hidden.reshape(-1, hidden.shape[-1]))  # [E, D]
+                del hidden
+                grad_bias = flat_grad.sum(0) if ctx.has_bias else None
+                through = grad.matmul(weight.to(dtype)).to(x.dtype)  # [..., D]
+                if keep is not None:
+                    through.mul_(keep)
+                grad_normed = through if grad_normed is None else through.add_(grad_normed)
+            needs = ctx.needs_input_grad[:3]
+            grad_x = grad_norm_weight = grad_norm_bias = None
+            if grad_normed is not None and any(needs):
+                grad_x, grad_norm_weight, grad_norm_bias = (
+                    torch.ops.aten.native_layer_norm_backward(
+                        grad_normed.to(x.dtype),
+                        x,
+                        norm_weight.shape,
+                        mean,
+                        rstd,
+                        norm_weight,
+                        norm_bias,
+                        list(needs),
+                    )
+                )
+        return (
+            grad_x,
+            grad_norm_weight,
+            grad_norm_bias,
+            None,
+            None,
+            None if grad_weight is None else grad_weight.to(weight.dtype),
+            None if grad_bias is None else grad_bias.to(weight.dtype),
+            None,
+        )
+
+
+def norm_dropout_linear(
+    x: Tensor, norm: nn.LayerNorm, linear: nn.Linear, dropout: Dropout | None = None
+) -> tuple[Tensor, Tensor]:
+    """(`norm(x)`, `linear(dropout(norm(x)))`), the dropout's 1/(1 - p) folded into the
+    Linear's weight as in `dropout_linear`; in training only x, the row statistics and the
+    bool mask are kept for backward (`_NormDropoutLinear`). Eval and no-grad take the plain
+    path. Returns (normed [..., D], out [..., E])."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, norm.weight, linear.weight)
+    )
+    if not needs_grad or norm.weight is None or norm.bias is None:
+        normed = norm(x)
+        return normed, dropout_linear(normed, linear, before=dropout)
+    weight, bias = _folded_weights(linear, dropout, None)
+    keep = _keep_of(dropout, x)  # the mask has the normed input's shape, x's
+    return _NormDropoutLinear.apply(
+        x, norm.weight, norm.bias, norm.eps, keep, weight, bias, _compute_dtype(x)
+    )
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(q kᵀ/√d + mask) with dropout, times v, keeping for backward only q, k, v (views
+    of the input projection's output), the log-sum-exp per row and the bool keep mask: the
+    [B, h, L, L] weights are recomputed in backward (one small product, d = D/h) instead of
+    kept three times (softmax output, float dropout mask, dropped weights) as SDPA's math path
+    does, and the mask costs 1 byte an element instead of a float `bernoulli_` draw."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        q: Tensor,  # [B, h, L, d]
+        k: Tensor,  # [B, h, L, d]
+        v: Tensor,  # [B, h, L, d]
+        allowed: Tensor | None,  # [B, 1, 1, L] bool, True at keys that may be attended
+        keep: Tensor,  # [B, h, L, L] bool dropout keep mask
+        keep_scale: float,  # 1/(1 - p)
+        dtype: torch.dtype,  # the products' dtype (autocast's, else q's)
+    ) -> Tensor:
+        with torch.autocast(q.device.type, enabled=False):
+            lse = _attention_logits(q, k, allowed, dtype).logsumexp(-1, keepdim=True)
+            weights = _attention_weights(q, k, allowed, lse, dtype)  # [B, h, L, L]
+            out = torch.matmul(weights.masked_fill_(~keep, 0.0).to(dtype), v.to(dtype))
+        ctx.save_for_backward(q, k, v, allowed, keep, lse)
+        ctx.keep_scale, ctx.dtype = keep_scale, dtype
+        return out * keep_scale  # [B, h, L, d] (a product stays unchanged: see above)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k, v, allowed, keep, lse = ctx.saved_tensors
+        dtype, scale = ctx.dtype, 1.0 / math.sqrt(q.shape[-1])
+        with torch.autocast(grad.device.type, enabled=False):
+            grad = grad.to(dtype) * ctx.keep_scale  # [B, h, L, d]
+            weights = _attention_weights(q, k, allowed, lse, dtype)  # recomputed
+            dropped = torch.where(keep, weights, 0.0).to(dtype)
+            grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
+            del dropped
+            grad_weights = torch.matmul(grad, v.to(dtype).transpose(-1, -2)).to(weights.dtype)
+            grad_weights.masked_fill_(~keep, 0.0)  # ∂L/∂softmax
+            row = (grad_weights * weights).sum(-1, keepdim=True)  # [B, h, L, 1]
+            grad_logits = grad_weights.sub_(row).mul_(weights).to(dtype)  # softmax backward
+            del weights, grad_weights
+            grad_q = torch.matmul(grad_logits, k.to(dtype)).mul_(scale)
+            grad_k = torch.matmul(grad_logits.transpose(-1, -2), q.to(dtype)).mul_(scale)
+        return (
+            grad_q.to(q.dtype),
+            grad_k.to(k.dtype),
+            grad_v.to(v.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def _attention_logits(q: Tensor, k: Tensor, allowed: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """q kᵀ/√d (in fp32 or wider) with −∞ at keys not `allowed` -> [B, h, L, L]."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = torch.matmul(q.to(dtype) * scale, k.to(dtype).transpose(-1, -2))
+    logits = logits.to(torch.promote_types(dtype, torch.float32))  # softmax in fp32 at least
+    return logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
+
+
+def _attention_weights(
+    q: Tensor, k: Tensor, allowed: Tensor | None, lse: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """softmax(q kᵀ/√d) from the saved row log-sum-exp (one exp pass) -> [B, h, L, L]."""
+    # Out of place first: under `recompute_elementwise` the product is a cached output that
+    # must not change (every in-place op below acts on a tensor made here).
+    return (_attention_logits(q, k, allowed, dtype) - lse).exp_()
+
+
+def dropout_attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: float
+) -> Tensor:
+    """`F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout)` in training, with
+    a `keep_mask` on the attention weights and the weights recomputed in backward
+    (`_DropoutAttention`). q, k, v: [B, h, L, d]; allowed: [B, 1, 1, L] bool (every row must
+    allow at least one key) -> [B, h, L, d]."""
+    B, h, L, _ = q.shape
+    keep = keep_mask(torch.Size((B, h, L, k.shape[-2])), dropout, q.device)
+    return _DropoutAttention.apply(q, k, v, allowed, keep, 1.0 / (1.0 - dropout), _compute_dtype(q))
+
+
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
     """Switch `recompute_elementwise` for every FeatureProjection and TransformerLayer in
     `module`."""
@@ -288,7 +471,7 @@ class FeatureProjection(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
-        return F.relu(dropout_linear(self.norm(x), self.linear, before=self.dropout))
+        return F.relu(norm_dropout_linear(x, self.norm, self.linear, self.dropout)[1])
 
 
 class TransformerLayer(nn.Module):
@@ -333,16 +516,19 @@ class TransformerLayer(nn.Module):
             # A row with no valid position would give NaNs: let it attend to everything.
             empty = key_padding.all(dim=1, keepdim=True)
             key_padding = key_padding & ~empty
-        x = self.attn_norm(x + self.self_attention(x, key_padding, self.attn_dropout))
-        if self.use_ffn:
-            x = self.ffn_norm(x + self.feed_forward(x))
-        return x
+        x = x + self.self_attention(x, key_padding, self.attn_dropout)
+        if not self.use_ffn:
+            return self.attn_norm(x)
+        # attn_norm and the FFN's first Linear as one step: its normalised input is recomputed
+        # in backward instead of kept (`norm_dropout_linear`).
+        x, pre = norm_dropout_linear(x, self.attn_norm, self.ffn[0])  # pre: [B, L, ffn_dim]
+        return self.ffn_norm(x + self.feed_forward(pre))
 
-    def feed_forward(self, x: Tensor) -> Tensor:
-        """`ffn_dropout(ffn(x))` (Linear, GELU, Dropout, Linear) with both dropouts folded into
-        the second Linear (`dropout_linear`). x: [B, L, D] -> [B, L, D]."""
-        first, activation, dropout, second = self.ffn
-        pre = first(x)  # [B, L, ffn_dim]
+    def feed_forward(self, pre: Tensor) -> Tensor:
+        """`ffn_dropout(ffn[1:](pre))` (GELU, Dropout, Linear) from the first Linear's output,
+        both dropouts folded into the second Linear (`dropout_linear`). pre: [B, L, ffn_dim]
+        -> [B, L, D]."""
+        _, activation, dropout, second = self.ffn
         if isinstance(activation, nn.GELU):  # the GELU output is recomputed in backward
             return gelu_dropout_linear(
                 pre, second, dropout, self.ffn_dropout, activation.approximate
@@ -352,12 +538,13 @@ class TransformerLayer(nn.Module):
     def self_attention(
         self, x: Tensor, key_padding: Tensor | None, output_dropout: Dropout | None = None
     ) -> Tensor:
-        """`output_dropout(self.attention(x, x, x))` through `F.scaled_dot_product_attention`.
+        """`output_dropout(self.attention(x, x, x))` on `nn.MultiheadAttention`'s weights.
 
-        The weights stay in the `nn.MultiheadAttention` (same state dict, same init); SDPA runs
-        its fused flash kernel wherever attention dropout is off (eval, `dropout=0`) and the
-        same math as `nn.MultiheadAttention` otherwise, without its transposes and its Python
-        checks. x: [B, L, D]; key_padding: [B, L], True at padding -> [B, L, D].
+        The weights stay in the `nn.MultiheadAttention` (same state dict, same init), without
+        its transposes and its Python checks: `F.scaled_dot_product_attention` (its fused
+        flash kernel) wherever attention dropout is off (eval, `dropout=0`), and
+        `dropout_attention` (bool keep mask, weights recomputed in backward) in training with
+        dropout. x: [B, L, D]; key_padding: [B, L], True at padding -> [B, L, D].
         """
         attention = self.attention
         B, L, D = x.shape
@@ -365,10 +552,13 @@ class TransformerLayer(nn.Module):
         qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # [B, L, 3D]
         q, k, v = qkv.view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # [B, h, L, d]
         allowed = None if key_padding is None else ~key_padding[:, None, None, :]  # [B,1,1,L]
-        weight_dropout = attention.dropout if self.training else 0.0
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=weight_dropout
-        )  # [B, h, L, d]
+        if self.training and 0.0 < attention.dropout < 1.0:
+            attended = dropout_attention(q, k, v, allowed, attention.dropout)  # [B, h, L, d]
+        else:
+            weight_dropout = attention.dropout if self.training else 0.0
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=weight_dropout
+            )  # [B, h, L, d]
         attended = attended.transpose(1, 2).reshape(B, L, D)
         return dropout_linear(attended, attention.out_proj, after=output_dropout)
 
