@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
+    add_malloc_argument,
     add_peer_ratio,
     load_average,
     machine_facts,
@@ -41,6 +42,7 @@ from common import (
 )
 from torch.utils.flop_counter import FlopCounterMode
 
+from partial_relevance.host_malloc import set_malloc
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
     VideoCache,
@@ -158,7 +160,9 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-save", action="store_true")
+    add_malloc_argument(parser)
     args = parser.parse_args()
+    set_malloc(args.malloc)  # as `evaluate` does, before anything large is allocated
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)

@@ -352,12 +352,35 @@ def add_generated_size_arguments(parser: argparse.ArgumentParser, videos: int, f
     parser.add_argument("--frames", type=int, default=frames, help="generated frames per video")
 
 
+def default_malloc() -> str:
+    """`malloc` of `conf/train.yaml`: the host allocator a training or evaluation run uses."""
+    from omegaconf import OmegaConf
+
+    from partial_relevance.train import CONFIG_DIR
+
+    return str(OmegaConf.load(Path(CONFIG_DIR) / "train.yaml").malloc)
+
+
+def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
+    """`--malloc system|reuse` (`partial_relevance.host_malloc`), by default the suite's."""
+    from partial_relevance.host_malloc import MALLOC_MODES
+
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default=default_malloc(),
+        help="host allocator (conf/train.yaml `malloc`, whose value is the default)",
+    )
+
+
 def benchmark_parser(
     doc: str, *, collection: str, feature: str, configs: Sequence[str]
 ) -> argparse.ArgumentParser:
-    """`dataset_parser` plus what every configuration benchmark adds: `--configs` and the
-    hidden `--child --config` its child processes get."""
+    """`dataset_parser` plus what every configuration benchmark adds: `--configs`, `--malloc`
+    (each child sets it before it allocates) and the hidden `--child --config` its child
+    processes get."""
     parser = dataset_parser(doc, collection=collection, feature=feature)
+    add_malloc_argument(parser)
     parser.add_argument(
         "--configs", default=",".join(configs), help=f"comma-separated subset of {list(configs)}"
     )
@@ -390,6 +413,9 @@ def run_parent_or_child(
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
+        from partial_relevance.host_malloc import set_malloc
+
+        set_malloc(args.malloc)  # as train/evaluate do, before anything large is allocated
         print(json.dumps(run_child(args)), flush=True)
         return None
     configs = [c for c in args.configs.split(",") if c]
@@ -416,7 +442,7 @@ def run_parent_or_child(
             command = [sys.executable, str(Path(script).resolve()), "--child", "--config", config]
             command += ["--root", str(root), "--collection", args.collection]
             command += ["--feature", args.feature]
-            for name in (*child_args, "seed", "threads"):
+            for name in (*child_args, "seed", "threads", "malloc"):
                 value = getattr(args, name)
                 flag = f"--{name.replace('_', '-')}"
                 if isinstance(value, bool):  # an argparse.BooleanOptionalAction
