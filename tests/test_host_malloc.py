@@ -28,14 +28,21 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(8):
     touch()
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+t = torch.ones(64 * 2**20)  # 256 MiB
+held = resident()
+del t
+print(held - resident())  # bytes given back to the system by the free
 """
 
 
-def _faults(mode: str) -> tuple[str, int]:
+def _faults(mode: str) -> tuple[str, int, int]:
+    """(set_malloc's answer, page faults of the last 8 allocations, bytes a free gave back)."""
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, mode], capture_output=True, text=True, check=True
     ).stdout.split()
-    return out[0], int(out[1])
+    return out[0], int(out[1]), int(out[2])
 
 
 def test_unknown_mode_is_a_config_error() -> None:
@@ -49,9 +56,12 @@ def test_system_changes_nothing() -> None:
 
 @pytest.mark.skipif(not is_glibc(), reason="malloc=reuse sets glibc's allocator")
 def test_reuse_serves_freed_tensor_memory_again_without_page_faults() -> None:
-    changed, reuse_faults = _faults("reuse")
-    unchanged, system_faults = _faults("system")
+    """...and keeps a freed block resident (also at the heap's top, which glibc would trim)."""
+    changed, reuse_faults, reuse_returned = _faults("reuse")
+    unchanged, system_faults, system_returned = _faults("system")
     assert (changed, unchanged) == ("True", "False")
     pages = 8 * 64 * 2**20 // 4096  # what 8 fresh 64 MiB mappings fault in
     assert system_faults > pages // 2  # each mapping faulted in again
     assert reuse_faults < pages // 20  # the heap's pages reused
+    assert system_returned > 200 * 2**20  # the 256 MiB mapping unmapped at once
+    assert reuse_returned < 16 * 2**20  # kept for the next allocation
