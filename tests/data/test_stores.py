@@ -130,6 +130,39 @@ def test_hdf5_xml_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(clone.get("vid_1"), video["vid_1"])
 
 
+@pytest.mark.parametrize(
+    "storage", ["contiguous", "chunked", "gzip", "float16", "big-endian", "userblock", "group"]
+)
+def test_hdf5_direct_read_equals_h5py(tmp_path: Path, storage: str) -> None:
+    """Contiguous datasets are read at their byte offset (one preadv), everything else through
+    h5py: either way `get` returns what h5py reads, every pass, after pickling too, and an
+    absent key stays a DataError naming it."""
+    rng = np.random.default_rng(0)
+    dtype = {"float16": "<f2", "big-endian": ">f4"}.get(storage, "<f4")
+    arrays = {f"q{i}": rng.standard_normal((3 + i, 4)).astype(dtype) for i in range(5)}
+    path = tmp_path / "query.h5"
+    options = {"chunked": {"chunks": (1, 4)}, "gzip": {"compression": "gzip"}}.get(storage, {})
+    with h5py.File(path, "w", userblock_size=512 if storage == "userblock" else 0) as f:
+        root = f.create_group("query") if storage == "group" else f
+        for key, array in arrays.items():
+            root.create_dataset(key, data=array, **options)
+    store = Hdf5Store(path, expected_dim=4, group="query" if storage == "group" else None)
+    for _ in range(2):  # the first pass locates each dataset, the second reuses that
+        for key, array in arrays.items():
+            np.testing.assert_array_equal(store.get(key), array.astype(np.float32))
+    direct = [location is not None for location in store._locations.values()]
+    assert (
+        all(direct)
+        if storage in ("contiguous", "float16", "big-endian", "group")
+        else not any(direct)
+    )
+    clone = pickle.loads(pickle.dumps(store))
+    np.testing.assert_array_equal(clone.get("q4"), arrays["q4"].astype(np.float32))
+    with pytest.raises(DataError, match="'absent' not found"):
+        store.get("absent")
+    store.close()
+
+
 def test_hdf5_bad_input(tmp_path: Path) -> None:
     _write_xml_files(tmp_path)
     video, query, absent = (tmp_path / f"{name}.h5" for name in ("video", "query", "absent"))

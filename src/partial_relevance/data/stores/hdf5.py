@@ -1,10 +1,16 @@
 """HDF5 feature stores: one dataset per key (XML/TVRetrieval and MS-SL query files).
 
-The file is opened lazily in each process (h5py handles do not survive a fork).
+The file is opened lazily in each process (h5py handles do not survive a fork). A dataset
+stored contiguously and uncompressed (every MS-SL and XML file) is read with one `preadv` at
+its byte offset, which the store looks up once per key: h5py's object lookup and read cost
+~230 µs a query array, the direct read a few µs (TVR's 10,895 queries: 2.5 s -> ~0.3 s a
+pass). Chunked, compressed or unallocated datasets, and files with a user block, go through
+h5py.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +32,9 @@ class Hdf5Store(FeatureStore):
         self.path = require_exists(path, "HDF5 feature file")
         self.group = group
         self._file: h5py.File | None = None
+        self._fd: int | None = None
+        # key -> (byte offset, shape, dtype) of a contiguous dataset, or None: read via h5py
+        self._locations: dict[str, tuple[int, tuple[int, ...], np.dtype] | None] = {}
         try:
             root = self._root()
         except OSError as error:
@@ -62,7 +71,41 @@ class Hdf5Store(FeatureStore):
         return key in self._root()
 
     def _get(self, key: str) -> np.ndarray:
-        return self._root()[key][()]  # h5py raises KeyError for an absent key
+        if key not in self._locations:
+            self._locations[key] = self._locate(key)
+        location = self._locations[key]
+        if location is None:
+            return self._root()[key][()]  # h5py raises KeyError for an absent key
+        offset, shape, dtype = location
+        out = np.empty(shape, dtype=dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
+        if got != out.nbytes:
+            raise DataError(self.path, f"key {key!r}: short read, {got} of {out.nbytes} bytes")
+        return out
+
+    def _locate(self, key: str) -> tuple[int, tuple[int, ...], np.dtype] | None:
+        """Where dataset `key`'s raw bytes lie in the file, when one read can take them:
+        contiguous layout, allocated, a plain numeric dtype, no user block (offsets are then
+        file positions). None otherwise. KeyError when absent."""
+        root = self._root()
+        if self._file is not None and self._file.userblock_size:
+            return None
+        try:  # the low-level API: h5py's Dataset wrapper costs ~100 µs a key
+            dataset = h5py.h5d.open(root.id, key.encode())
+        except KeyError:
+            raise
+        except Exception:  # not a dataset (a group, a broken link): h5py says what it is
+            return None
+        dtype, shape = dataset.dtype, tuple(dataset.shape)
+        layout = dataset.get_create_plist().get_layout()
+        if dtype.kind not in "fiu" or layout != h5py.h5d.CONTIGUOUS:
+            return None
+        offset = dataset.get_offset()
+        if offset is None or dataset.get_storage_size() != dtype.itemsize * int(np.prod(shape)):
+            return None
+        return int(offset), shape, dtype
 
     def length(self, key: str) -> int:
         """Rows of dataset `key` from its shape (no read)."""
@@ -81,8 +124,12 @@ class Hdf5Store(FeatureStore):
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_file"] = None
+        state["_fd"] = None
         return state
