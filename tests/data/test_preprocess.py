@@ -62,6 +62,16 @@ def test_rows_normalised_after_pooling():
     np.testing.assert_allclose(out[1], [0.0, 0.0])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_l2_normalize_rows_is_bit_identical_to_the_linalg_norm_formula(dtype):
+    """The faster form keeps MS-SL's numbers exactly: x / (np.linalg.norm(x) + 1e-5) in float32."""
+    x = np.random.default_rng(0).standard_normal((7, 20, 33)).astype(dtype)
+    expected = (x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-5)).astype(np.float32)
+    out = l2_normalize_rows(x)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+
+
 def test_queries_truncated_to_30_tokens():
     tokens = np.ones((45, 4), dtype=np.float32)
     out = prvr_query_input(tokens)
