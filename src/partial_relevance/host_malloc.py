@@ -41,7 +41,8 @@ def set_malloc(mode: str) -> bool:
     `system`: the C library's defaults (nothing is changed). `reuse`: glibc serves every
     allocation from its heap, so freed tensor memory is reused by the next step instead of
     unmapped and faulted in again; elsewhere (not glibc) a warning and nothing changed.
-    Allocations made before the call keep their pages.
+    Allocations made before the call keep their pages, and the setting lasts for the process
+    (`system` after `reuse` in one process leaves `reuse` in place).
     """
     if mode not in MALLOC_MODES:
         raise ConfigError(f"malloc must be one of {MALLOC_MODES}, got {mode!r} (conf/train.yaml)")
