@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,15 @@ def check_features(path: Path, key: str, array: np.ndarray, dim: int | None) -> 
         bad = array[row][~finite[row]][0]
         raise DataError(path, f"key {key!r}: row {row} holds a non-finite value ({bad})")
     return array
+
+
+def read_into(fd: int, out: np.ndarray, offset: int, path: Path, what: str) -> np.ndarray:
+    """Fill `out` with the file's bytes at `offset` in one `preadv` (no seek, fork-safe);
+    a short read is a DataError naming `path` and `what` was read."""
+    got = os.preadv(fd, [memoryview(out).cast("B")], offset)
+    if got != out.nbytes:
+        raise DataError(path, f"{what}: short read, {got} of {out.nbytes} bytes")
+    return out
 
 
 class FeatureStore(ABC):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.data.stores.base import FeatureStore
+from partial_relevance.data.stores.base import FeatureStore, read_into
 
 
 def read_shape(path: Path) -> tuple[int, int]:
@@ -117,10 +117,7 @@ class BigFileStore(FeatureStore):
             self._fd = os.open(self._bin_path, os.O_RDONLY)
         out = np.empty((count, self._dim), dtype="<f4")
         offset = first * self._dim * 4
-        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
-        if got != out.nbytes:
-            raise DataError(self._bin_path, f"short read at row {first}: {got} of {out.nbytes} B")
-        return out
+        return read_into(self._fd, out, offset, self._bin_path, f"rows from {first}")
 
     def close(self) -> None:
         if self._fd is not None:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.data.stores.base import FeatureStore
+from partial_relevance.data.stores.base import FeatureStore, read_into
 
 MASK_SUFFIX = "-mask"
 
@@ -49,6 +49,8 @@ class Hdf5Store(FeatureStore):
                 "a consolidated file needs group='video' | 'sub' | 'query'",
             )
         self._dim = int(root[self._keys[0]].shape[-1])
+        # Dataset offsets count from the end of a user block: direct reads only without one.
+        self._direct_reads = self._file is not None and not self._file.userblock_size
         self.check_dim(expected_dim)
 
     def _root(self) -> h5py.Group:
@@ -77,20 +79,16 @@ class Hdf5Store(FeatureStore):
         if location is None:
             return self._root()[key][()]  # h5py raises KeyError for an absent key
         offset, shape, dtype = location
-        out = np.empty(shape, dtype=dtype)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        got = os.preadv(self._fd, [memoryview(out).cast("B")], offset)
-        if got != out.nbytes:
-            raise DataError(self.path, f"key {key!r}: short read, {got} of {out.nbytes} bytes")
-        return out
+        return read_into(self._fd, np.empty(shape, dtype=dtype), offset, self.path, f"key {key!r}")
 
     def _locate(self, key: str) -> tuple[int, tuple[int, ...], np.dtype] | None:
         """Where dataset `key`'s raw bytes lie in the file, when one read can take them:
-        contiguous layout, allocated, a plain numeric dtype, no user block (offsets are then
-        file positions). None otherwise. KeyError when absent."""
+        contiguous layout, allocated, a plain numeric dtype, a file without a user block.
+        None otherwise. KeyError when absent."""
         root = self._root()
-        if self._file is not None and self._file.userblock_size:
+        if not self._direct_reads:
             return None
         try:  # the low-level API: h5py's Dataset wrapper costs ~100 µs a key
             dataset = h5py.h5d.open(root.id, key.encode())
