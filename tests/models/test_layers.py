@@ -4,6 +4,9 @@ computes what `nn.MultiheadAttention` computes from the same weights, and the dr
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -19,6 +22,19 @@ from partial_relevance.models.layers import (
     norm_dropout_linear,
     set_recompute_elementwise,
 )
+
+
+@contextlib.contextmanager
+def saved_for_backward() -> Iterator[list[tuple[int, torch.dtype]]]:
+    """(numel, dtype) of every tensor autograd saves for backward inside the block."""
+    saved: list[tuple[int, torch.dtype]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((t.numel(), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield saved
 
 
 def _reference(layer: TransformerLayer, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -90,20 +106,14 @@ def test_dropout_keeps_one_minus_p_and_saves_a_bool_mask() -> None:
     torch.manual_seed(0)
     dropout = Dropout(0.15).train()
     x = torch.ones(400, 1000, requires_grad=True)
-    saved: list[torch.dtype] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append(t.dtype)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_for_backward() as saved:
         y = dropout(x)
     keep = y != 0
     assert abs(keep.float().mean().item() - 0.85) < 0.005  # 400k draws: σ ≈ 0.0006
     torch.testing.assert_close(y[keep], torch.full_like(y[keep], 1 / 0.85))
     (grad,) = torch.autograd.grad(y, x, torch.full_like(y, 2.0))
     torch.testing.assert_close(grad, keep.float() * 2 / 0.85)
-    assert saved == [torch.bool]
+    assert [dtype for _, dtype in saved] == [torch.bool]
     torch.manual_seed(3)
     first = dropout(x)
     torch.manual_seed(3)
@@ -169,14 +179,8 @@ def test_gelu_dropout_linear_equals_the_unfused_chain_and_saves_no_gelu_output(p
 
     results, saved = [], []
     for fn in (unfused, fused):
-        shapes: list[tuple[int, torch.dtype]] = []
-
-        def pack(t: torch.Tensor, shapes: list = shapes) -> torch.Tensor:
-            shapes.append((t.numel(), t.dtype))
-            return t
-
         torch.manual_seed(7)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        with saved_for_backward() as shapes, autocast:
             y = fn()
         grads = torch.autograd.grad(
             (y.float() * torch.arange(5.0)).sum(), [pre, *linear.parameters()]
@@ -218,14 +222,8 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
     torch.manual_seed(1)
     keep = keep_mask(torch.Size((B, h, L, L)), p, "cpu")
     expected = reference(keep)
-    saved: list[tuple[int, torch.dtype]] = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append((t.numel(), t.dtype))
-        return t
-
     torch.manual_seed(1)  # the same mask
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+    with saved_for_backward() as saved, autocast:
         out = dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p)
     weights = torch.linspace(-1, 1, d, dtype=dtype)
     grads = [torch.autograd.grad((y.to(dtype) * weights).sum(), qkv)[0] for y in (out, expected)]
@@ -265,14 +263,8 @@ def test_norm_dropout_linear_equals_the_unfused_chain_and_keeps_no_normed_copy(c
 
     results, saved = [], []
     for fn in (unfused, lambda: norm_dropout_linear(x, norm, linear, dropout)):
-        entries: list[tuple[int, torch.dtype]] = []
-
-        def pack(t: torch.Tensor, entries: list = entries) -> torch.Tensor:
-            entries.append((t.numel(), t.dtype))
-            return t
-
         torch.manual_seed(7)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        with saved_for_backward() as entries, autocast:
             normed, out = fn()
         loss = (normed * torch.linspace(-1, 1, 6)).sum() + (out.float() * torch.arange(5.0)).sum()
         results.append([normed, out.float(), *torch.autograd.grad(loss, inputs)])
