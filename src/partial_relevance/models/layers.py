@@ -164,6 +164,22 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _masked_linear_backward(
+    grad: Tensor, hidden: Tensor, weight: Tensor, keep: Tensor | None, has_bias: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Gradients of y = hidden Wᵀ + b, hidden = keep · h recomputed by the caller, all in
+    grad's dtype -> (∂W [E, F], ∂b [E] or None, ∂h [..., F] masked by `keep`). Pass `hidden`
+    as a temporary: it is freed before ∂h exists, so one [..., F] temporary lives at a time."""
+    flat_grad = grad.reshape(-1, grad.shape[-1])  # [N, E]
+    grad_weight = flat_grad.t().mm(hidden.reshape(-1, hidden.shape[-1]))  # [E, F]
+    del hidden
+    grad_bias = flat_grad.sum(0) if has_bias else None
+    grad_hidden = grad.matmul(weight.to(grad.dtype))  # [..., F]
+    if keep is not None:
+        grad_hidden.mul_(keep)
+    return grad_weight, grad_bias, grad_hidden
+
+
 class _GeluMaskedLinear(torch.autograd.Function):
     """y = (keep · gelu(h)) Wᵀ + b saving only h (and the bool mask) for backward: the GELU
     output, the FFN's widest activation, is recomputed there (one elementwise pass) instead of
@@ -192,17 +208,13 @@ class _GeluMaskedLinear(torch.autograd.Function):
         dtype = ctx.dtype
         with torch.autocast(grad.device.type, enabled=False):
             pre_c = pre.to(dtype)
-            grad = grad.to(dtype)
-            flat_grad = grad.reshape(-1, grad.shape[-1])  # [N, D]
-            # One [..., F] temporary at a time: the recomputed hidden is freed before the
-            # hidden's gradient exists, which is masked in place.
-            hidden = apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep)  # recomputed
-            grad_weight = flat_grad.t().mm(hidden.reshape(-1, hidden.shape[-1]))  # [D, F]
-            del hidden
-            grad_bias = flat_grad.sum(0) if ctx.has_bias else None
-            grad_hidden = grad.matmul(weight.to(dtype))  # [..., F]
-            if keep is not None:
-                grad_hidden.mul_(keep)
+            grad_weight, grad_bias, grad_hidden = _masked_linear_backward(
+                grad.to(dtype),
+                apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep),  # recomputed
+                weight,
+                keep,
+                ctx.has_bias,
+            )
             grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre_c, approximate=ctx.approximate)
             del grad_hidden
         return (
@@ -272,19 +284,19 @@ class _NormDropoutLinear(torch.autograd.Function):
         grad_weight = grad_bias = None
         with torch.autocast(x.device.type, enabled=False):
             if grad is not None:
-                grad = grad.to(dtype)
-                flat_grad = grad.reshape(-1, grad.shape[-1])  # [N, E]
-                normed = torch.native_layer_norm(
-                    x, norm_weight.shape, norm_weight, norm_bias, ctx.eps
-                )[0]  # recomputed: the same numbers as forward
-                hidden = apply_keep(normed, keep).to(dtype)
-                del normed
-                grad_weight = flat_grad.t().mm(hidden.reshape(-1, hidden.shape[-1]))  # [E, D]
-                del hidden
-                grad_bias = flat_grad.sum(0) if ctx.has_bias else None
-                through = grad.matmul(weight.to(dtype)).to(x.dtype)  # [..., D]
-                if keep is not None:
-                    through.mul_(keep)
+                grad_weight, grad_bias, through = _masked_linear_backward(
+                    grad.to(dtype),
+                    apply_keep(  # the normalised input, recomputed: the numbers of forward
+                        torch.native_layer_norm(
+                            x, norm_weight.shape, norm_weight, norm_bias, ctx.eps
+                        )[0],
+                        keep,
+                    ).to(dtype),
+                    weight,
+                    keep,
+                    ctx.has_bias,
+                )
+                through = through.to(x.dtype)  # [..., D]
                 grad_normed = through if grad_normed is None else through.add_(grad_normed)
             needs = ctx.needs_input_grad[:3]
             grad_x = grad_norm_weight = grad_norm_bias = None
