@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as bench
 import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
-from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.prvr import PrvrBaseModel
@@ -113,7 +112,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
 
     @contextlib.contextmanager
     def counted(name: str) -> Iterator[None]:
-        with FlopCounterMode(display=False) as counter:
+        with bench.count_flops() as counter:
             yield
         gflop[name] = counter.get_total_flops() / 1e9
 
@@ -239,7 +238,9 @@ def main() -> None:
         "extrapolated rows scale encoding by videos or queries and scoring by queries × videos "
         "(linear in each stage's work), and the FLOPs in the same proportion; peak RSS is not "
         "extrapolated",
-        "% of peak: FLOPs counted by FlopCounterMode in a second, untimed pass over the same "
+        "% of peak: FLOPs counted by FlopCounterMode (with formulas for the CPU attention "
+        "kernels it lacks: SDPA's CPU flash kernel) in a second, untimed pass over the same "
+        ""
         "split / total s, against the matmul rate of the encoders' precision measured in the "
         "same child after the timed pass",
         "index B/video = the tensors net.index_videos keeps per video (base model: unit clips "

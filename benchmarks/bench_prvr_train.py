@@ -11,7 +11,8 @@ included: batches come from the real `PrvrDataModule` train loader reading a Cha
 MS-SL collection written to a temp dir (or any MS-SL directory given with
 --root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
 backward, `BertAdamW` step (the default optimiser). Model FLOPs per step come from
-`torch.utils.flop_counter.FlopCounterMode` on one batch; each child measures the matmul rate of
+`common.count_flops` (torch's FlopCounterMode plus the CPU attention kernels it misses) on one
+batch; each child measures the matmul rate of
 its precision right after its timed steps (sustained over 2 s: the same host load), the
 yardstick of its `% of peak`.
 
@@ -34,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as bench
 import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
-from torch.utils.flop_counter import FlopCounterMode
 
 from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import parameter_groups
@@ -130,7 +130,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     peak_rss = bench.peak_rss_mb()  # of training itself: the untimed steps below hold more
     peak = bench.sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed steps
     batch = next(stream)
-    with FlopCounterMode(display=False) as counter:
+    with bench.count_flops() as counter:
         step(batch, update=False)
     flops_per_step = counter.get_total_flops()
     flops_per_query = flops_per_step / len(batch["query_video"])
@@ -237,7 +237,8 @@ def main() -> None:
         "compares it with the 1024² matmul rate of the same precision measured in the same "
         "child right after its timed steps, sustained over 2 s (matmul GFLOP/s: the CPU share "
         "of the moment, so that a loaded host does not read as a slow model)",
-        "FLOPs counted by FlopCounterMode on one untimed batch (forward + backward) after the "
+        "FLOPs counted by FlopCounterMode (with formulas for the CPU attention kernels it "
+        "lacks) on one untimed batch (forward + backward) after the "
         "timed steps, scaled per query; peak RSS is read before it",
         "warm-up s: the untimed first steps (kernel selection; torch.compile's compile time in "
         "`-compile` rows)",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import flop_counter
 
 from partial_relevance.models.precision import cpu_flags
 
@@ -310,6 +311,59 @@ def run_config_process(command: list[str], config: str) -> dict[str, Any]:
     row = last_json_line(done.stdout)
     print(row, flush=True)
     return row
+
+
+def _native_mha_flops(
+    query: Sequence[int],
+    key: Sequence[int],
+    value: Sequence[int],
+    embed_dim: int,
+    *_: Any,
+    **__: Any,
+) -> int:
+    """`nn.MultiheadAttention`'s inference fast path (`aten._native_multi_head_attention`), one
+    op that runs the q / k / v projections, both attention products and the output
+    projection: 2·B·E·(Lq·E + 2·Lk·E + 2·Lq·Lk + Lq·E) (products only, as `addmm`'s formula)."""
+    batch = query[0] if len(query) == 3 else 1  # [B, L, E] (batch_first) or unbatched [L, E]
+    lq, lk = query[-2], key[-2]
+    return 2 * batch * embed_dim * (2 * lq * embed_dim + 2 * lk * embed_dim + 2 * lq * lk)
+
+
+def _cpu_flash_attention_flops(
+    query: Sequence[int], key: Sequence[int], value: Sequence[int], *_: Any, **__: Any
+) -> int:
+    """`aten._scaled_dot_product_flash_attention_for_cpu` (SDPA's CPU kernel): q kᵀ and the
+    weights times v, as torch counts its GPU flash / efficient kernels."""
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+def _cpu_flash_attention_backward_flops(
+    grad_out: Sequence[int],
+    query: Sequence[int],
+    key: Sequence[int],
+    value: Sequence[int],
+    *_: Any,
+    **__: Any,
+) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# The CPU kernels torch's FlopCounterMode has no formula for (it counts them as 0 FLOPs): the
+# localizer's self-attention in eval, every SDPA attention in eval.
+_CPU_FLOP_FORMULAS = {
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: (
+        _cpu_flash_attention_backward_flops
+    ),
+}
+
+
+def count_flops() -> flop_counter.FlopCounterMode:
+    """`FlopCounterMode` that also counts the CPU attention kernels torch's own table misses
+    (`nn.MultiheadAttention`'s inference fast path, SDPA's CPU flash kernel forward and
+    backward); use as `with count_flops() as counter: ...; counter.get_total_flops()`."""
+    return flop_counter.FlopCounterMode(display=False, custom_mapping=dict(_CPU_FLOP_FORMULAS))
 
 
 def percent_of_peak(achieved_gflops: float, peak_gflops: float) -> float:
