@@ -7,6 +7,7 @@ import torch
 
 from lit_support import net_arguments
 from partial_relevance.models.prem_localizer import (
+    CrossModalFusionLayer,
     ModalityGate,
     PremLocalizer,
     grad_reverse,
@@ -84,6 +85,58 @@ def test_cached_encodings_equal_naive_per_pair():
         )
         for key in ("start", "end", "fused"):
             torch.testing.assert_close(cached[key][p : p + 1], naive[key], atol=1e-5, rtol=1e-5)
+
+
+def _cross_attention_as_multihead(layer, clips, words, word_mask):
+    """The fusion layer's cross-attention as `nn.MultiheadAttention` runs it itself."""
+    padding = ~word_mask
+    attended, _ = layer.cross_attention(
+        clips, words, words, key_padding_mask=padding, need_weights=False
+    )
+    return attended
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_word_keys_values_once_per_query_equal_multihead_attention(training):
+    """The per-query key / value projections (`encode_queries`' word_kv, expanded to pairs)
+    give the cross-attention `nn.MultiheadAttention` computes from the words themselves,
+    dropout draws included (same seed), and the same gradients."""
+    torch.manual_seed(0)
+    layer = CrossModalFusionLayer(16, 4, 32, dropout=0.3).train(training)
+    clips = torch.randn(5, 7, 16, requires_grad=True)
+    words = torch.randn(2, 6, 16, requires_grad=True)
+    word_mask = torch.ones(2, 6, dtype=torch.bool)
+    word_mask[1, 4:] = False
+    pair_query = torch.tensor([0, 1, 1, 0, 1])
+    word_kv = layer.word_keys_values(words)[pair_query]  # [P, N, 2D], projected per query
+    torch.manual_seed(1)
+    ours = layer._attend_words(clips, word_kv, word_mask[pair_query])
+    torch.manual_seed(1)
+    reference = _cross_attention_as_multihead(
+        layer, clips, words[pair_query], word_mask[pair_query]
+    )
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    grads = torch.autograd.grad(
+        ours.square().sum(), (clips, words, layer.cross_attention.in_proj_weight)
+    )
+    expected = torch.autograd.grad(
+        reference.square().sum(), (clips, words, layer.cross_attention.in_proj_weight)
+    )
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_localize_projects_words_itself_without_word_kv():
+    model = small_localizer()
+    visual, subtitle, clip_mask, sub_mask = video_inputs()
+    tokens, token_mask = query_inputs(B=3)
+    videos = model.encode_videos(visual, subtitle, clip_mask, sub_mask)
+    queries = model.encode_queries(tokens, token_mask)
+    assert queries["word_kv"].shape == (3, len(model.fusion), 5, 32)
+    with_kv = model.localize(videos, queries)
+    without = model.localize(videos, {k: v for k, v in queries.items() if k != "word_kv"})
+    for key in ("start", "end", "fused"):
+        torch.testing.assert_close(with_kv[key], without[key], atol=1e-6, rtol=1e-6)
 
 
 def test_padding_does_not_change_valid_logits():

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from partial_relevance.models.layers import TransformerLayer, l2_normalize
@@ -126,7 +127,13 @@ def _key_padding(mask: Tensor) -> Tensor:
 
 class CrossModalFusionLayer(nn.Module):
     """One multi-modal fusion layer of PREM §3.4 (SPEC §5), post-LN:
-    self-attention over clips -> cross-attention from clips to the query words -> FFN."""
+    self-attention over clips -> cross-attention from clips to the query words -> FFN.
+
+    The cross-attention's key / value projections of the words depend on the query alone:
+    `word_keys_values` computes them once per query (`PremLocalizer.encode_queries`), and
+    `forward` takes them for each (query, video) pair instead of projecting the words again
+    (VCMR localizes 10 videos a query).
+    """
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
         super().__init__()
@@ -140,15 +147,47 @@ class CrossModalFusionLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, clips: Tensor, clip_mask: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
-        """clips `[P, L, D]`, clip_mask `[P, L]`, words `[P, N, D]`, word_mask `[P, N]`."""
+    def word_keys_values(self, words: Tensor) -> Tensor:
+        """The cross-attention's key and value projections of the words `[B, N, D]` ->
+        `[B, N, 2D]` (keys, then values: `nn.MultiheadAttention`'s packed in-projection)."""
+        dim = words.shape[-1]
+        attention = self.cross_attention
+        return F.linear(words, attention.in_proj_weight[dim:], attention.in_proj_bias[dim:])
+
+    def _attend_words(self, clips: Tensor, word_kv: Tensor, word_mask: Tensor) -> Tensor:
+        """`self.cross_attention(clips, words, words)` from the words' projected keys / values
+        `word_kv [P, N, 2D]`: the same weights and the same SDPA call (dropout included) as
+        `nn.MultiheadAttention`'s own path. clips `[P, L, D]` -> `[P, L, D]`."""
+        attention = self.cross_attention
+        P, L, D = clips.shape
+        heads = attention.num_heads
+        query = F.linear(clips, attention.in_proj_weight[:D], attention.in_proj_bias[:D])
+        query = query.view(P, L, heads, D // heads).transpose(1, 2)  # [P, h, L, d]
+        key, value = word_kv.view(P, -1, 2, heads, D // heads).permute(2, 0, 3, 1, 4)  # [P,h,N,d]
+        allowed = ~_key_padding(word_mask)[:, None, None, :]  # [P, 1, 1, N]
+        dropout = attention.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, dropout_p=dropout
+        )
+        return attention.out_proj(out.transpose(1, 2).reshape(P, L, D))
+
+    def forward(
+        self,
+        clips: Tensor,
+        clip_mask: Tensor,
+        words: Tensor,
+        word_mask: Tensor,
+        word_kv: Tensor | None = None,
+    ) -> Tensor:
+        """clips `[P, L, D]`, clip_mask `[P, L]`, words `[P, N, D]`, word_mask `[P, N]`;
+        word_kv `[P, N, 2D]` the words' `word_keys_values` (computed from `words` if None)."""
         attended, _ = self.self_attention(
             clips, clips, clips, key_padding_mask=_key_padding(clip_mask), need_weights=False
         )
         clips = self.self_norm(clips + self.dropout(attended))
-        attended, _ = self.cross_attention(
-            clips, words, words, key_padding_mask=_key_padding(word_mask), need_weights=False
-        )
+        if word_kv is None:
+            word_kv = self.word_keys_values(words)
+        attended = self._attend_words(clips, word_kv, word_mask)
         clips = self.cross_norm(clips + self.dropout(attended))
         return self.ffn_norm(clips + self.dropout(self.ffn(clips)))
 
@@ -227,8 +266,17 @@ class PremLocalizer(PremEncoders):
 
     def encode_queries(self, tokens: Tensor, mask: Tensor) -> dict[str, Tensor | None]:
         """tokens `[B,N,Dq]`, mask `[B,N]` -> dict(words [B,N,D], mask [B,N], vis [B,D],
-        sub [B,D], weights [B,2,N])."""
-        return self.query_encoder(tokens, mask)
+        sub [B,D], weights [B,2,N], word_kv [B, fusion_layers, N, 2D]: each fusion layer's
+        cross-attention keys / values, projected once per query rather than once per pair)."""
+        out = self.query_encoder(tokens, mask)
+        words = out["words"]
+        assert words is not None
+        out["word_kv"] = (
+            torch.stack([layer.word_keys_values(words) for layer in self.fusion], dim=1)
+            if len(self.fusion)
+            else None
+        )
+        return out
 
     def localize(
         self, video_enc: dict[str, Tensor], query_enc: dict[str, Tensor | None]
@@ -249,8 +297,10 @@ class PremLocalizer(PremEncoders):
         h_vis = h_vis * (clip_mask if self.use_vis else torch.zeros_like(clip_mask))[..., None]
         h_sub = h_sub * (sub_mask if self.use_sub else torch.zeros_like(sub_mask))[..., None]
         fused = self.clip_fusion(torch.cat([h_vis, h_sub], dim=-1))  # [P, L, D]
-        for layer in self.fusion:
-            fused = layer(fused, clip_mask, query_enc["words"], query_enc["mask"])
+        word_kv = query_enc.get("word_kv")  # [P, layers, N, 2D]; None: projected per pair
+        for i, layer in enumerate(self.fusion):
+            layer_kv = None if word_kv is None else word_kv[:, i]
+            fused = layer(fused, clip_mask, query_enc["words"], query_enc["mask"], layer_kv)
         start = mask_logits(self.start_head(fused, clip_mask), clip_mask)  # [P, L]
         end = mask_logits(self.end_head(fused, clip_mask), clip_mask)  # [P, L]
         return {"start": start, "end": end, "fused": fused, "clip_mask": clip_mask}
