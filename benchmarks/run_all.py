@@ -72,6 +72,9 @@ class Target:
     op: str
     threshold: float
     batch_128: bool = False  # defined at the batch of 128 videos only
+    # The row's value at 100 % of the measured matmul peak (a time target's lower bound): a
+    # miss it puts out of reach too is reported as such.
+    at_peak_column: str | None = None
 
 
 TARGETS = (
@@ -148,6 +151,7 @@ TARGETS = (
         "tvr_val_extrapolated_min",
         "<=",
         10,
+        at_peak_column="tvr_val_at_peak_min",
     ),
     Target(
         "VCMR over TVR val, bf16: ≤ 5 min",
@@ -156,6 +160,7 @@ TARGETS = (
         "tvr_val_extrapolated_min",
         "<=",
         5,
+        at_peak_column="tvr_val_at_peak_min",
     ),
 )
 OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
@@ -163,7 +168,12 @@ OPS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 CONTEXT = {
     "bench_prvr_train": ("queries/s", "step s (compute)", "% of peak", "peak RSS MiB"),
     "bench_prvr_eval": ("total s", "% of peak", "peak RSS MiB"),
-    "bench_vcmr_inference": ("tvr_val_extrapolated_min", "% of peak", "pairs_per_s"),
+    "bench_vcmr_inference": (
+        "tvr_val_extrapolated_min",
+        "tvr_val_at_peak_min",
+        "% of peak",
+        "pairs_per_s",
+    ),
 }
 
 
@@ -199,7 +209,11 @@ def verdicts(
         else:
             value = row[target.column]
             met = OPS[target.op](value, target.threshold)
-            entry |= {"measured": value, "verdict": "met" if met else "missed"}
+            verdict = "met" if met else "missed"
+            bound = row.get(target.at_peak_column) if target.at_peak_column else None
+            if not met and bound is not None and not OPS[target.op](bound, target.threshold):
+                verdict = f"missed (out of reach here: {bound} at 100 % of peak)"
+            entry |= {"measured": value, "verdict": verdict}
             for column in CONTEXT[target.benchmark]:
                 entry.setdefault(column, row.get(column))
             entry["load avg"] = row.get("load avg", result["machine"].get("load_avg", [None])[:1])

@@ -38,3 +38,26 @@ def test_verdicts_read_each_row_and_skip_emulated_bf16():
     assert bf16 and all(r["verdict"] == "not measurable here (bf16 emulated)" for r in bf16)
     memory = by_target["full model, fp32: peak RSS < MS-SL's 3.48 GB"]
     assert memory["verdict"] == "not measured (batch 32)"
+
+
+def vcmr_result(minutes: float, at_peak: float) -> dict:
+    row = {"mode": "cached fp32", "tvr_val_extrapolated_min": minutes}
+    row |= {"tvr_val_at_peak_min": at_peak, "% of peak": 80.0}
+    return {"params": {}, "rows": [row], "machine": {"load_avg": [0.1]}}
+
+
+def test_a_time_target_beyond_the_peak_bound_says_out_of_reach():
+    target = "VCMR over TVR val, fp32: ≤ 10 min"
+    rows = {
+        r["target"]: r for r in run_all.verdicts({"bench_vcmr_inference": vcmr_result(12.7, 10.1)})
+    }
+    assert rows[target]["verdict"] == "missed (out of reach here: 10.1 at 100 % of peak)"
+    assert rows[target]["tvr_val_at_peak_min"] == 10.1
+    rows = {
+        r["target"]: r for r in run_all.verdicts({"bench_vcmr_inference": vcmr_result(12.7, 8.0)})
+    }
+    assert rows[target]["verdict"] == "missed"
+    rows = {
+        r["target"]: r for r in run_all.verdicts({"bench_vcmr_inference": vcmr_result(9.5, 8.0)})
+    }
+    assert rows[target]["verdict"] == "met"
