@@ -130,13 +130,33 @@ def test_hdf5_xml_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(clone.get("vid_1"), video["vid_1"])
 
 
+def _write_compact(root: h5py.Group, key: str, array: np.ndarray) -> None:
+    """A dataset stored in its object header (compact layout: no byte offset of its own)."""
+    plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    plist.set_layout(h5py.h5d.COMPACT)
+    space = h5py.h5s.create_simple(array.shape)
+    dataset = h5py.h5d.create(root.id, key.encode(), h5py.h5t.py_create(array.dtype), space, plist)
+    dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
+
+
 @pytest.mark.parametrize(
-    "storage", ["contiguous", "chunked", "gzip", "float16", "big-endian", "userblock", "group"]
+    "storage",
+    [
+        "contiguous",
+        "chunked",
+        "gzip",
+        "compact",
+        "external",
+        "float16",
+        "big-endian",
+        "userblock",
+        "group",
+    ],
 )
 def test_hdf5_direct_read_equals_h5py(tmp_path: Path, storage: str) -> None:
     """Contiguous datasets are read at their byte offset (one preadv), everything else through
-    h5py: either way `get` returns what h5py reads, every pass, after pickling too, and an
-    absent key stays a DataError naming it."""
+    h5py: either way `length` and `get` return what h5py reads, every pass, after pickling
+    too, and an absent key stays a DataError naming it."""
     rng = np.random.default_rng(0)
     dtype = {"float16": "<f2", "big-endian": ">f4"}.get(storage, "<f4")
     arrays = {f"q{i}": rng.standard_normal((3 + i, 4)).astype(dtype) for i in range(5)}
@@ -145,8 +165,16 @@ def test_hdf5_direct_read_equals_h5py(tmp_path: Path, storage: str) -> None:
     with h5py.File(path, "w", userblock_size=512 if storage == "userblock" else 0) as f:
         root = f.create_group("query") if storage == "group" else f
         for key, array in arrays.items():
-            root.create_dataset(key, data=array, **options)
+            if storage == "compact":
+                _write_compact(root, key, array)
+            elif storage == "external":  # raw bytes in another file
+                external = [(str(tmp_path / f"{key}.raw"), 0, array.nbytes)]
+                root.create_dataset(key, data=array, external=external)
+            else:
+                root.create_dataset(key, data=array, **options)
     store = Hdf5Store(path, expected_dim=4, group="query" if storage == "group" else None)
+    # Lengths first (as the evaluation loaders order queries), then reads.
+    assert [store.length(key) for key in arrays] == [3 + i for i in range(5)]
     for _ in range(2):  # the first pass locates each dataset, the second reuses that
         for key, array in arrays.items():
             np.testing.assert_array_equal(store.get(key), array.astype(np.float32))
@@ -160,6 +188,8 @@ def test_hdf5_direct_read_equals_h5py(tmp_path: Path, storage: str) -> None:
     np.testing.assert_array_equal(clone.get("q4"), arrays["q4"].astype(np.float32))
     with pytest.raises(DataError, match="'absent' not found"):
         store.get("absent")
+    with pytest.raises(DataError, match="'absent' not found"):
+        store.length("absent")
     store.close()
 
 
