@@ -175,8 +175,8 @@ def _masked_linear_backward(
     del hidden
     grad_bias = flat_grad.sum(0) if has_bias else None
     grad_hidden = grad.matmul(weight.to(grad.dtype))  # [..., F]
-    if keep is not None:
-        grad_hidden.mul_(keep)
+    if keep is not None:  # in place, without `mul_`'s float copy of the bool mask
+        torch.where(keep, grad_hidden, grad_hidden.new_zeros(()), out=grad_hidden)
     return grad_weight, grad_bias, grad_hidden
 
 
