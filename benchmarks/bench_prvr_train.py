@@ -178,7 +178,12 @@ def main() -> None:
     parser.add_argument("--batch-videos", type=int, default=32, help="videos per batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument(
-        "--warmup", type=int, default=1, help="untimed steps first (compile happens here)"
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps first: compilation, kernel selection and the heap growing to its "
+        "working size (under malloc=reuse a step's page faults stop after about 3 steps; a "
+        "training run takes them once)",
     )
     parser.add_argument("--layers", type=int, default=1, help="Transformer layers per encoder")
     parser.add_argument("--dropout", type=float, default=0.15, help="dropout (PRVR: 0.15)")
@@ -240,8 +245,8 @@ def main() -> None:
         "FLOPs counted by FlopCounterMode (with formulas for the CPU attention kernels it "
         "lacks) on one untimed batch (forward + backward) after the "
         "timed steps, scaled per query; peak RSS is read before it",
-        "warm-up s: the untimed first steps (kernel selection; torch.compile's compile time in "
-        "`-compile` rows)",
+        "warm-up s: the untimed first steps (--warmup: kernel selection, the heap growing to "
+        "its working size; torch.compile's compile time in `-compile` rows)",
         "saved MiB: distinct storages autograd keeps for backward in one more untimed step "
         "(saved_tensors_hooks; parameters excluded, bf16 weight copies of autocast included), "
         "by the innermost module that saved them and by branch",
