@@ -249,7 +249,6 @@ def main() -> None:
         "extrapolated",
         "% of peak: FLOPs counted by FlopCounterMode (with formulas for the CPU attention "
         "kernels it lacks: SDPA's CPU flash kernel) in a second, untimed pass over the same "
-        ""
         "split / total s, against the matmul rate of the encoders' precision measured in the "
         "same child after the timed pass",
         "index B/video = the tensors net.index_videos keeps per video (base model: unit clips "

@@ -12,9 +12,8 @@ MS-SL collection written to a temp dir (or any MS-SL directory given with
 --root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
 backward, `BertAdamW` step (the default optimiser). Model FLOPs per step come from
 `common.count_flops` (torch's FlopCounterMode plus the CPU attention kernels it misses) on one
-batch; each child measures the matmul rate of
-its precision right after its timed steps (sustained over 2 s: the same host load), the
-yardstick of its `% of peak`.
+batch; each child measures the matmul rate of its precision right after its timed steps
+(sustained over 2 s: the same host load), the yardstick of its `% of peak`.
 
     .venv/bin/python benchmarks/bench_prvr_train.py                  # small defaults
     .venv/bin/python benchmarks/bench_prvr_train.py --videos 500 --batch-videos 128 --steps 8
@@ -243,8 +242,8 @@ def main() -> None:
         "child right after its timed steps, sustained over 2 s (matmul GFLOP/s: the CPU share "
         "of the moment, so that a loaded host does not read as a slow model)",
         "FLOPs counted by FlopCounterMode (with formulas for the CPU attention kernels it "
-        "lacks) on one untimed batch (forward + backward) after the "
-        "timed steps, scaled per query; peak RSS is read before it",
+        "lacks) on one untimed batch (forward + backward) after the timed steps, scaled per "
+        "query; peak RSS is read before it",
         "warm-up s: the untimed first steps (--warmup: kernel selection, the heap growing to "
         "its working size; torch.compile's compile time in `-compile` rows)",
         "saved MiB: distinct storages autograd keeps for backward in one more untimed step "

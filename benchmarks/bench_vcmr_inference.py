@@ -221,13 +221,8 @@ def main() -> None:
 
             encode_s, cached_s = run_all()
             peak = sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed run
-            counters: list[Any] = []
-
-            def counted(counters: list[Any] = counters) -> Any:
-                counters.append(count_flops())
-                return counters[-1]
-
-            run_all(stage=counted)  # a second, untimed run counts each part's FLOPs
+            counters = [count_flops(), count_flops()]  # video encoding, localization
+            run_all(stage=iter(counters).__next__)  # a second, untimed run counts each part
             encode_gflop, local_gflop = (c.get_total_flops() / 1e9 for c in counters)
             achieved = (encode_gflop + local_gflop) / (encode_s + cached_s)
             per_video = encode_s / args.videos
@@ -318,9 +313,9 @@ def main() -> None:
         "GFLOP/pair: localization FLOPs per query-video pair (SVMR pairs and decoding included)",
         "% of peak: FLOPs counted by FlopCounterMode (with formulas for the CPU attention "
         "kernels it lacks: nn.MultiheadAttention's fast path, SDPA's CPU flash kernel) in a "
-        "second, untimed run of the same work "
-        "(video encoding + localization), over the timed seconds, against the matmul rate of "
-        "the row's precision measured right after its timed run",
+        "second, untimed run of the same work (video encoding + localization), over the timed "
+        "seconds, against the matmul rate of the row's precision measured right after its "
+        "timed run",
     ]
     params = {
         "queries": args.queries,
