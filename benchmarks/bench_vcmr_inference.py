@@ -34,6 +34,7 @@ import torch
 from common import (
     add_malloc_argument,
     add_peer_ratio,
+    apply_host_settings,
     count_flops,
     load_average,
     machine_facts,
@@ -45,7 +46,6 @@ from common import (
     sustained_matmul_flops,
 )
 
-from partial_relevance.host_malloc import set_malloc
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
     VideoCache,
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     add_malloc_argument(parser)
     args = parser.parse_args()
-    set_malloc(args.malloc)  # as `evaluate` does, before anything large is allocated
+    apply_host_settings(args.malloc)  # as `evaluate` does, before anything is allocated
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)

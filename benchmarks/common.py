@@ -406,13 +406,28 @@ def add_generated_size_arguments(parser: argparse.ArgumentParser, videos: int, f
     parser.add_argument("--frames", type=int, default=frames, help="generated frames per video")
 
 
-def default_malloc() -> str:
-    """`malloc` of `conf/train.yaml`: the host allocator a training or evaluation run uses."""
+def train_config_value(key: str) -> Any:
+    """A top-level key of `conf/train.yaml`: the host settings a training run applies."""
     from omegaconf import OmegaConf
 
     from partial_relevance.train import CONFIG_DIR
 
-    return str(OmegaConf.load(Path(CONFIG_DIR) / "train.yaml").malloc)
+    return OmegaConf.load(Path(CONFIG_DIR) / "train.yaml")[key]
+
+
+def default_malloc() -> str:
+    """`malloc` of `conf/train.yaml`: the host allocator a training or evaluation run uses."""
+    return str(train_config_value("malloc"))
+
+
+def apply_host_settings(malloc: str) -> None:
+    """What train/evaluate set before anything large is allocated: the host allocator and
+    numpy's BLAS threads (`numpy_blas_threads` of `conf/train.yaml`)."""
+    from partial_relevance.host_blas import limit_numpy_blas
+    from partial_relevance.host_malloc import set_malloc
+
+    set_malloc(malloc)
+    limit_numpy_blas(train_config_value("numpy_blas_threads"))
 
 
 def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
@@ -467,9 +482,7 @@ def run_parent_or_child(
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        from partial_relevance.host_malloc import set_malloc
-
-        set_malloc(args.malloc)  # as train/evaluate do, before anything large is allocated
+        apply_host_settings(args.malloc)  # as train/evaluate do, before anything is allocated
         print(json.dumps(run_child(args)), flush=True)
         return None
     configs = [c for c in args.configs.split(",") if c]
