@@ -406,28 +406,26 @@ def add_generated_size_arguments(parser: argparse.ArgumentParser, videos: int, f
     parser.add_argument("--frames", type=int, default=frames, help="generated frames per video")
 
 
-def train_config_value(key: str) -> Any:
-    """A top-level key of `conf/train.yaml`: the host settings a training run applies."""
+def host_config() -> dict[str, Any]:
+    """`conf/host/default.yaml`: the host settings a training or evaluation run applies."""
     from omegaconf import OmegaConf
 
     from partial_relevance.train import CONFIG_DIR
 
-    return OmegaConf.load(Path(CONFIG_DIR) / "train.yaml")[key]
+    return dict(OmegaConf.load(Path(CONFIG_DIR) / "host" / "default.yaml"))
 
 
 def default_malloc() -> str:
-    """`malloc` of `conf/train.yaml`: the host allocator a training or evaluation run uses."""
-    return str(train_config_value("malloc"))
+    """`malloc` of `conf/host/default.yaml`: the host allocator of training and evaluation."""
+    return str(host_config()["malloc"])
 
 
 def apply_host_settings(malloc: str) -> None:
-    """What train/evaluate set before anything large is allocated: the host allocator and
-    numpy's BLAS threads (`numpy_blas_threads` of `conf/train.yaml`)."""
-    from partial_relevance.host_blas import limit_numpy_blas
-    from partial_relevance.host_malloc import set_malloc
+    """What train/evaluate set before anything large is allocated (`host_settings`), with
+    this run's `--malloc`."""
+    from partial_relevance.host_settings import apply_host_settings as apply
 
-    set_malloc(malloc)
-    limit_numpy_blas(train_config_value("numpy_blas_threads"))
+    apply({**host_config(), "malloc": malloc})
 
 
 def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
@@ -438,7 +436,7 @@ def add_malloc_argument(parser: argparse.ArgumentParser) -> None:
         "--malloc",
         choices=MALLOC_MODES,
         default=default_malloc(),
-        help="host allocator (conf/train.yaml `malloc`, whose value is the default)",
+        help="host allocator (`malloc` of conf/host/default.yaml, whose value is the default)",
     )
 
 

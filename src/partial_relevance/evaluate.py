@@ -24,8 +24,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from partial_relevance import run_dir as run_dirs
 from partial_relevance.cli import check_config_types, exits_on_user_error
 from partial_relevance.data.errors import DataError, require_exists
-from partial_relevance.host_blas import limit_numpy_blas
-from partial_relevance.host_malloc import set_malloc
+from partial_relevance.host_settings import apply_host_settings
 from partial_relevance.lit.callbacks import SIGTERM_EXIT
 from partial_relevance.train import CONFIG_PATH, _flat_metrics, chance_metrics, format_metrics
 
@@ -140,8 +139,7 @@ def _evaluate(
     ckpt: Path,
     state: dict[str, torch.Tensor],
 ) -> dict[str, float]:
-    set_malloc(cfg.malloc)  # before the data and the model allocate
-    limit_numpy_blas(cfg.numpy_blas_threads)
+    apply_host_settings(cfg)  # before the data and the model allocate
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(data_cfg)
     model = hydra.utils.instantiate(model_cfg)

@@ -1,4 +1,4 @@
-"""numpy's own BLAS kept off torch's cores: `numpy_blas_threads` in `conf/train.yaml`.
+"""numpy's own BLAS kept off torch's cores: `numpy_blas_threads` in `conf/host/default.yaml`.
 
 numpy wheels bundle their own BLAS (OpenBLAS) with its own thread pool. The data layer's numpy
 products are small (mean pooling, `[32, n] @ [n, D]` a video), and after each one that pool's
@@ -51,7 +51,7 @@ def limit_numpy_blas(threads: int | None) -> list[str]:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ConfigError(
             f"numpy_blas_threads must be a positive integer or null, got {threads!r} "
-            "(conf/train.yaml)"
+            "(conf/host/default.yaml)"
         )
     changed = []
     for lib in numpy_blas_controllers():

@@ -1,4 +1,4 @@
-"""The host (CPU) memory allocator of a training process: `malloc` in `conf/train.yaml`.
+"""The host (CPU) memory allocator of a training process: `malloc` in `conf/host/default.yaml`.
 
 On glibc, an allocation above the mmap threshold (at most 32 MiB) gets fresh pages from the
 kernel and returns them on free. A training step allocates and frees its large activations and
@@ -45,7 +45,9 @@ def set_malloc(mode: str) -> bool:
     (`system` after `reuse` in one process leaves `reuse` in place).
     """
     if mode not in MALLOC_MODES:
-        raise ConfigError(f"malloc must be one of {MALLOC_MODES}, got {mode!r} (conf/train.yaml)")
+        raise ConfigError(
+            f"malloc must be one of {MALLOC_MODES}, got {mode!r} (conf/host/default.yaml)"
+        )
     if mode == "system":
         return False
     if not is_glibc():

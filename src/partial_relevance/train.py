@@ -27,8 +27,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from partial_relevance import quiet, run_dir
 from partial_relevance.cli import check_config_types, exits_on_user_error
-from partial_relevance.host_blas import limit_numpy_blas
-from partial_relevance.host_malloc import set_malloc
+from partial_relevance.host_settings import apply_host_settings
 from partial_relevance.lit.callbacks import SIGTERM_EXIT, AtomicCheckpointIO
 from partial_relevance.metrics.retrieval import chance_recall
 from partial_relevance.models.precision import cpu_has_bf16_units
@@ -228,8 +227,7 @@ def train(cfg: DictConfig) -> RunResult:
 
 
 def _train(cfg: DictConfig, output_dir: Path, metrics_path: Path) -> RunResult:
-    set_malloc(cfg.malloc)  # before the data and the model allocate
-    limit_numpy_blas(cfg.numpy_blas_threads)
+    apply_host_settings(cfg)  # before the data and the model allocate
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
