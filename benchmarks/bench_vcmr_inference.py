@@ -1,9 +1,13 @@
 """VCMR inference throughput of the PREM localizer (SPEC §6) with and without the video cache.
 
 Random features of TVR shapes (4352-d ResNet‖SlowFast clips, 768-d subtitles and query tokens,
-40–100 clips a video, 8–30 tokens a query) through the full-size `PremLocalizer` (hidden 384,
-PREM §4.2) and the pipeline of `inference.vcmr`: each query is localized on k = 10 videos,
-Eq. 13 span scores, top-200 -> NMS 0.7 -> top-100, plus the SVMR pass on its GT video.
+8–30 tokens a query) through the full-size `PremLocalizer` (hidden 384, PREM §4.2) and the
+pipeline of `inference.vcmr`: each query is localized on k = 10 videos, Eq. 13 span scores,
+top-200 -> NMS 0.7 -> top-100, plus the SVMR pass on its GT video. Video lengths
+(`--lengths`): `tvr-val` (default) takes the clip counts of TVR val's 2,179 videos
+(`ceil(duration / 1.5)` capped at 100, SPEC §1.3; mean 51.0 clips) at evenly spaced quantiles,
+so the extrapolated TVR val time is that of TVR val's own lengths; `uniform` draws 40–100 clips
+(mean 70; what the sittings before the fifth measured).
 
 - `cached fp32` / `cached bf16` (`inference.precision`): every video encoded ONCE
   (`VideoCache.build`, timed separately), then `predict_queries` per query batch, pairs
@@ -22,8 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,6 +63,21 @@ from partial_relevance.models.prem_localizer import PremLocalizer
 
 TVR_VAL_QUERIES = 10895
 TVR_VAL_VIDEOS = 2179
+# Clip count -> number of TVR val videos with it: `min(ceil(duration / 1.5), 100)` over the 2,179
+# videos of tvr_val_release.jsonl (SPEC §1.1/§1.3; `tvr_val_clip_histogram` recomputes it from the
+# file, tests/test_bench_vcmr_lengths.py checks the two agree). Mean 51.0 clips, bimodal around
+# 41 and 61 (the sitcoms' ~60 s and the dramas' ~90 s segments).
+TVR_VAL_CLIP_HISTOGRAM = {
+    6: 1, 12: 1, 16: 1, 19: 2, 20: 1, 21: 1, 23: 1, 24: 1, 26: 1, 27: 3, 29: 7, 30: 2, 31: 5,
+    32: 3, 33: 3, 34: 4, 35: 12, 36: 13, 37: 26, 38: 35, 39: 122, 40: 164, 41: 347, 42: 154,
+    43: 114, 44: 20, 45: 31, 46: 11, 47: 21, 48: 3, 49: 12, 50: 8, 51: 5, 52: 6, 53: 11, 54: 11,
+    55: 18, 56: 10, 57: 25, 58: 33, 59: 97, 60: 156, 61: 333, 62: 134, 63: 76, 64: 14, 65: 30,
+    66: 5, 67: 12, 68: 5, 69: 6, 70: 3, 71: 4, 72: 6, 73: 3, 74: 1, 75: 2, 76: 1, 77: 2, 78: 2,
+    79: 1, 80: 4, 81: 2, 82: 3, 83: 3, 85: 1, 86: 1, 87: 2, 88: 1, 91: 1, 95: 2, 98: 1, 99: 1,
+    100: 15,
+}  # fmt: skip
+CLIP_SECONDS, MAX_CLIPS = 1.5, 100  # SPEC §1.1 (TVR's feature grid), §1.3
+LENGTHS = ("tvr-val", "uniform")
 VISUAL_DIM, SUB_DIM, QUERY_DIM = 4352, 768, 768  # SPEC §1.1
 # The localizer as `model=prem_localizer data=vcmr_localizer_tvr` composes it (no file is read).
 TVR_LOCALIZER = ["data=vcmr_localizer_tvr"]
@@ -76,11 +98,40 @@ def inference_config(args: argparse.Namespace, precision: str) -> VcmrInferenceC
     )
 
 
-def random_videos(n: int, generator: torch.Generator, max_clips: int = 100) -> list[dict]:
-    """n raw videos: visual [L, 4352], subtitle [L, 768], sub_mask [L] (L in 40..100)."""
+def tvr_val_clip_histogram(path: Path) -> dict[int, int]:
+    """Clip count -> videos over the distinct videos of a TVR annotation file (JSON lines with
+    `vid_name` and `duration` in seconds): `min(ceil(duration / 1.5), 100)`, at least 1."""
+    durations: dict[str, float] = {}
+    with path.open() as lines:
+        for line in lines:
+            if line.strip():
+                record = json.loads(line)
+                durations[record["vid_name"]] = float(record["duration"])
+    counts = Counter(
+        min(MAX_CLIPS, max(1, math.ceil(d / CLIP_SECONDS))) for d in durations.values()
+    )
+    return dict(sorted(counts.items()))
+
+
+def clip_counts(n: int, lengths: str, generator: torch.Generator) -> list[int]:
+    """n video lengths in clips, in a random order.
+
+    `tvr-val`: TVR val's clip counts at the n evenly spaced quantiles (i + ½)/n of its 2,179
+    videos, so even a small sample has TVR val's mix of lengths; `uniform`: 40..100 drawn.
+    """
+    if lengths == "uniform":
+        return [int(v) for v in torch.randint(40, MAX_CLIPS + 1, (n,), generator=generator)]
+    if lengths != "tvr-val":
+        raise ValueError(f"--lengths: {lengths!r} is not one of {', '.join(LENGTHS)}")
+    every = [c for c, videos in sorted(TVR_VAL_CLIP_HISTOGRAM.items()) for _ in range(videos)]
+    picked = [every[int((i + 0.5) * len(every) / n)] for i in range(n)]
+    return [picked[i] for i in torch.randperm(n, generator=generator).tolist()]
+
+
+def random_videos(lengths: list[int], generator: torch.Generator) -> list[dict]:
+    """One raw video per length L: visual [L, 4352], subtitle [L, 768], sub_mask [L]."""
     out = []
-    for _ in range(n):
-        L = int(torch.randint(40, max_clips + 1, (1,), generator=generator))
+    for L in lengths:
         out.append(
             {
                 "visual": torch.randn(L, VISUAL_DIM, generator=generator),
@@ -161,6 +212,12 @@ def main() -> None:
     parser.add_argument(
         "--no-cache-queries", type=int, default=16, help="queries timed without the cache (fp32)"
     )
+    parser.add_argument(
+        "--lengths",
+        choices=LENGTHS,
+        default="tvr-val",
+        help="video lengths: TVR val's clip counts (quantiles) or uniform 40-100 clips",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-save", action="store_true")
     add_malloc_argument(parser)
@@ -172,7 +229,8 @@ def main() -> None:
     torch.manual_seed(0)
     # Full size from the config: hidden 384, FFN 1536, 4 heads (PREM §4.2), TVR's dimensions.
     net = PremLocalizer(**net_arguments("prem_localizer", TVR_LOCALIZER)).eval()
-    videos = random_videos(args.videos, generator)
+    lengths = clip_counts(args.videos, args.lengths, generator)
+    videos = random_videos(lengths, generator)
     batches = [
         query_batch(
             min(args.batch, args.queries - lo), args.videos, args.k, generator, args.gt_in_topk
@@ -301,6 +359,14 @@ def main() -> None:
         "tvr_val_extrapolated_min is extrapolated from the measured subset: "
         f"{args.queries} queries × {args.k} videos over {args.videos} videos (cached rows add "
         f"{TVR_VAL_VIDEOS} video encodings at the measured per-video rate)",
+        (
+            f"video lengths: TVR val's clip counts at {args.videos} evenly spaced quantiles "
+            "(min(ceil(duration / 1.5), 100) over its 2,179 videos; mean 51.0 clips)"
+            if args.lengths == "tvr-val"
+            else "video lengths: uniform 40-100 clips (mean 70; TVR val's mean is 51.0)"
+        )
+        + f": this sample {min(lengths)}-{max(lengths)} clips, mean "
+        f"{sum(lengths) / len(lengths):.1f}",
         f"cached: each video encoded once (VideoCache), pairs run {args.pair_group} at a time "
         "grouped by video length; no_cache: every pair re-encodes its video (CONQUER-style)",
         "every row includes the SVMR pass on the GT video and the span decoding (top-200, NMS, "
@@ -325,7 +391,8 @@ def main() -> None:
         "pair_group": args.pair_group,
         "gt_in_topk": args.gt_in_topk,
         "hidden": 384,
-        "clips": "40-100",
+        "lengths": args.lengths,
+        "clips": f"{min(lengths)}-{max(lengths)}, mean {sum(lengths) / len(lengths):.1f}",
     }
     record_result("bench_vcmr_inference", rows, machine, params, notes, not args.no_save)
 
