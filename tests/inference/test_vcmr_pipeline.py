@@ -19,6 +19,7 @@ from partial_relevance.inference.vcmr import (
     _localize_pairs,
     boundary_log_probs,
     flat_vcmr_metrics,
+    length_groups,
     run_vcmr,
 )
 from partial_relevance.metrics.submission import ground_truth_from_tvr_jsonl, score_submission
@@ -219,3 +220,23 @@ def test_bf16_inference_agrees_with_fp32(datamodule):
     assert np.mean(same_video) >= 0.8
     with pytest.raises(ValueError, match="precision"):
         inference_config(precision="fp8")
+
+
+def test_length_groups_minimise_padding_plus_call_cost() -> None:
+    """Hand cases of the split: padded clips + `call_cost` a call, at most `group` a call."""
+    # [60, 60, 41, 41]: one call pads 2·19 = 38 clips; two calls cost one more call.
+    assert length_groups([60, 60, 41, 41], group=64, call_cost=48) == [0]  # 38 < 48
+    assert length_groups([60, 60, 41, 41], group=64, call_cost=30) == [0, 2]  # 38 > 30
+    assert length_groups([60, 60, 41, 41], group=3, call_cost=48) == [0, 2]  # 2 + 2 beats 3 + 1
+    assert length_groups([50] * 5, group=2, call_cost=0) in ([0, 2, 4], [0, 1, 3], [0, 2, 3])
+    assert length_groups([100, 90, 80], group=64, call_cost=0) == [0, 1, 2]  # no padding
+    assert length_groups([100, 90, 80], group=64, call_cost=1e6) == [0]  # one call
+    assert length_groups([], group=4) == []
+    # Every call within `group`, covering every pair once, on random lengths.
+    generator = torch.Generator().manual_seed(0)
+    sizes = sorted(
+        (int(v) for v in torch.randint(1, 101, (500,), generator=generator)), reverse=True
+    )
+    starts = length_groups(sizes, group=64)
+    ends = [*starts[1:], len(sizes)]
+    assert starts[0] == 0 and all(0 < e - s <= 64 for s, e in zip(starts, ends, strict=True))

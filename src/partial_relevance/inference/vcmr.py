@@ -24,7 +24,7 @@ localizer baseline, run through the very same pipeline on the same retrieved vid
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "VideoCache",
     "boundary_log_probs",
     "flat_vcmr_metrics",
+    "length_groups",
     "predict_queries",
     "run_vcmr",
     "split_desc_ids",
@@ -204,6 +205,39 @@ def boundary_log_probs(
     return log_st, log_ed
 
 
+# What one localizer call costs beyond its clips, in clips of work: measured on a 2-core EPYC
+# (full-size localizer, 50-clip videos): a call of n pairs takes ≈ 4.3·n + 4 ms, and 4 ms is
+# the work of ≈ 48 clips (4.3 ms / 50). `length_groups` weighs padding against this.
+CALL_COST_CLIPS = 48.0
+
+
+def length_groups(
+    sorted_lengths: Sequence[int], group: int, call_cost: float = CALL_COST_CLIPS
+) -> list[int]:
+    """Start offsets of the localizer calls over pairs sorted by video length, longest first.
+
+    Each call holds at most `group` consecutive pairs, padded to its first (longest) one; the
+    split minimises the padded clips plus `call_cost` a call (dynamic programming over the
+    split points): equal lengths share a call, a long tail gets its own small calls. TVR val's
+    lengths (peaks at 41 and 61 clips): 0.9 % padding in 17 calls for 640 pairs, against 7.9 %
+    in 10 calls of 64.
+    """
+    lengths = np.asarray(sorted_lengths, dtype=np.float64)
+    P = len(lengths)
+    cost = np.zeros(P + 1)  # cost[i]: the best split of the first i pairs
+    best_start = np.zeros(P + 1, dtype=np.int64)  # where that split's last call starts
+    for i in range(1, P + 1):
+        first = np.arange(max(0, i - group), i)  # candidate starts of the call ending at i
+        total = cost[first] + (i - first) * lengths[first] + call_cost
+        pick = int(np.argmin(total))
+        cost[i], best_start[i] = total[pick], first[pick]
+    starts, i = [], P
+    while i > 0:
+        i = int(best_start[i])
+        starts.append(i)
+    return starts[::-1]
+
+
 def _localize_pairs(
     net: nn.Module,
     cache: VideoCache,
@@ -214,9 +248,10 @@ def _localize_pairs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Start / end logits (fp32) and clip mask `[P, L']` of P (query, video) pairs.
 
-    Pairs run `group` at a time in order of video length, each group trimmed to its own
-    longest video: padding clips are masked everywhere in the localizer (attention keys, the
-    zeroed convolution inputs), so trimming changes no logit and saves the padded compute.
+    Pairs run in order of video length, at most `group` at a time and in groups of similar
+    length (`length_groups`), each group trimmed to its own longest video: padding clips are
+    masked everywhere in the localizer (attention keys, the zeroed convolution inputs), so
+    trimming changes no logit and saves the padded compute.
     """
     P = len(pair_video)
     lengths = cache.num_clips[pair_video]  # [P]
@@ -225,9 +260,10 @@ def _localize_pairs(
     end = torch.zeros(P, L, device=lengths.device)
     mask = torch.zeros(P, L, dtype=torch.bool, device=lengths.device)
     order = torch.argsort(lengths, descending=True, stable=True)
+    starts = length_groups(lengths[order].tolist(), group)
     queries = dict(queries)
-    for lo in range(0, P, group):
-        rows = order[lo : lo + group]
+    for lo, hi in zip(starts, [*starts[1:], P], strict=True):
+        rows = order[lo:hi]
         out = net.localize(cache.pairs(pair_video[rows]), index_encoding(queries, pair_query[rows]))
         width = out["start"].shape[1]
         start[rows, :width] = out["start"].float()
