@@ -72,7 +72,7 @@ class VcmrInferenceConfig:
     out_n: int  # SPEC §6.4 / §7: predictions a query
     clip_seconds: float  # SPEC §1.3
     query_chunk: int  # queries localized at once (× k_videos pairs)
-    pair_group: int  # pairs per localizer call, grouped by video length (less padding)
+    pair_group: int  # most pairs a localizer call; calls split by video length (length_groups)
     svmr: bool  # also decode SVMR (GT video; its logits reused when it is in the top k)
     precision: str  # fp32 | bf16: localizer and video cache in bf16 (CPU bf16 units)
 
