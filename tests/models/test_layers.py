@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import partial_relevance.models.layers as layers
 from partial_relevance.models.layers import (
     Dropout,
     FeatureProjection,
@@ -19,6 +20,8 @@ from partial_relevance.models.layers import (
     dropout_linear,
     gelu_dropout_linear,
     keep_mask,
+    mask_,
+    masked,
     norm_dropout_linear,
     set_recompute_elementwise,
 )
@@ -119,6 +122,49 @@ def test_dropout_keeps_one_minus_p_and_saves_a_bool_mask() -> None:
     torch.manual_seed(3)
     assert torch.equal(dropout(x), first)  # seeded like every torch RNG op
     assert dropout.eval()(x) is x and Dropout(0.0).train()(x) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masking_products_equal_where_over_chunks(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`masked` / `mask_` run as products by the uint8 view of the mask over flat chunks (a
+    partial last one here: 7 chunks of 1,000 for 6,144 elements): the numbers of `where`
+    for finite inputs; like torch's dropout a NaN at a dropped position stays NaN."""
+    monkeypatch.setattr(layers, "_MASK_CHUNK", 1000)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 32, 48, generator=generator).to(dtype)
+    keep = torch.rand(4, 32, 48, generator=generator) > 0.3
+    expected = torch.where(keep, x, torch.zeros((), dtype=dtype))
+    assert torch.equal(masked(x, keep), expected)
+    inplace = x.clone()
+    assert mask_(inplace, keep) is inplace and torch.equal(inplace, expected)
+    # Strided input / mask: the same numbers through torch's broadcasting product.
+    assert torch.equal(masked(x.transpose(1, 2), keep.transpose(1, 2)), expected.transpose(1, 2))
+    strided = x.clone().transpose(1, 2)
+    assert torch.equal(mask_(strided, keep.transpose(1, 2)), expected.transpose(1, 2))
+    poisoned = x.clone()
+    poisoned[~keep] = float("nan")
+    assert masked(poisoned, keep)[~keep].isnan().all()  # dropout's product semantics
+    assert torch.equal(masked(poisoned, keep)[keep], x[keep])
+
+
+def test_apply_keep_gradient_is_the_mask_and_saves_only_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`apply_keep`'s autograd: ∂(x·keep·s)/∂x = keep·s over several chunks, one bool mask
+    saved."""
+    monkeypatch.setattr(layers, "_MASK_CHUNK", 256)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(10, 300, generator=generator, requires_grad=True)
+    keep = torch.rand(10, 300, generator=generator) > 0.5
+    with saved_for_backward() as saved:
+        y = layers.apply_keep(x, keep, 2.0)
+    torch.testing.assert_close(y, torch.where(keep, x, 0.0) * 2.0, rtol=0, atol=0)
+    grad_out = torch.randn(10, 300, generator=generator)
+    (grad,) = torch.autograd.grad(y, x, grad_out.t().contiguous().t())  # a strided gradient
+    torch.testing.assert_close(grad, torch.where(keep, grad_out, 0.0) * 2.0, rtol=0, atol=0)
+    assert saved == [(3000, torch.bool)]
 
 
 def test_keep_mask_is_unbiased_at_every_int16_lane() -> None:

@@ -93,12 +93,67 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str) -> Tensor
     return (draws.view(torch.int16)[:numel] >= threshold).view(shape)
 
 
+# Elements a masking product takes at once. CPU `torch.where(keep, x, 0)` is not vectorised
+# (20.6 ms for a [128, 128, 1536] fp32 tensor on a 2-core EPYC), a product by the bool mask
+# viewed as uint8 is (8.7 ms; 5.2 ms in place; bf16 20.4 -> 6.4 ms), but torch first casts the
+# mask to x's dtype: in chunks that copy stays 4 MiB (fp32) instead of 4 bytes an element.
+_MASK_CHUNK = 1 << 20
+
+
+def _chunked(x: Tensor, keep: Tensor) -> bool:
+    """Whether x · keep can run as products over flat chunks (same shape, both contiguous,
+    eager: a compiled graph fuses `where` itself)."""
+    return (
+        x.shape == keep.shape
+        and x.is_contiguous()
+        and keep.is_contiguous()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def mask_(x: Tensor, keep: Tensor) -> Tensor:
+    """x · keep in place (keep: bool, x's shape) -> x. A product, as torch's own dropout: a
+    NaN or inf at a dropped position stays non-finite (`where` would zero it)."""
+    if not _chunked(x, keep):
+        return x.mul_(keep)
+    flat, flat_keep = x.view(-1), keep.view(-1).view(torch.uint8)
+    for lo in range(0, flat.numel(), _MASK_CHUNK):
+        flat[lo : lo + _MASK_CHUNK].mul_(flat_keep[lo : lo + _MASK_CHUNK])
+    return x
+
+
+def masked(x: Tensor, keep: Tensor) -> Tensor:
+    """x · keep as a new tensor (keep: bool, x's shape; no autograd: see `apply_keep`)."""
+    if not _chunked(x, keep):
+        return x * keep
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    flat, flat_keep, flat_out = x.view(-1), keep.view(-1).view(torch.uint8), out.view(-1)
+    for lo in range(0, flat.numel(), _MASK_CHUNK):
+        hi = lo + _MASK_CHUNK
+        torch.mul(flat[lo:hi], flat_keep[lo:hi], out=flat_out[lo:hi])
+    return out
+
+
+class _KeepMask(torch.autograd.Function):
+    """y = x · keep (bool) by `masked`, saving only the bool mask for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, keep: Tensor) -> Tensor:
+        ctx.save_for_backward(keep)
+        return masked(x, keep)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (keep,) = ctx.saved_tensors
+        return masked(grad.contiguous(), keep), None
+
+
 def apply_keep(x: Tensor, keep: Tensor | None, scale: float = 1.0) -> Tensor:
-    """`x · keep · scale` as one `where` (+ one in-place scale when `scale != 1`); autograd
-    keeps only the bool mask for backward (`where` saves its condition)."""
+    """`x · keep · scale` as one masking product (+ one in-place scale when `scale != 1`);
+    autograd keeps only the bool mask for backward."""
     if keep is None:
         return x
-    out = torch.where(keep, x, 0.0)
+    out = _KeepMask.apply(x, keep)
     return out if scale == 1.0 else out.mul_(scale)
 
 
@@ -175,8 +230,8 @@ def _masked_linear_backward(
     del hidden
     grad_bias = flat_grad.sum(0) if has_bias else None
     grad_hidden = grad.matmul(weight.to(grad.dtype))  # [..., F]
-    if keep is not None:  # in place, without `mul_`'s float copy of the bool mask
-        torch.where(keep, grad_hidden, grad_hidden.new_zeros(()), out=grad_hidden)
+    if keep is not None:  # in place, the mask's float copy a chunk at a time
+        mask_(grad_hidden, keep)
     return grad_weight, grad_bias, grad_hidden
 
 
@@ -366,7 +421,7 @@ class _DropoutAttention(torch.autograd.Function):
         with torch.autocast(q.device.type, enabled=False):
             lse = _attention_logits(q, k, allowed, dtype).logsumexp(-1, keepdim=True)
             weights = _attention_weights(q, k, allowed, lse, dtype)  # [B, h, L, L]
-            out = torch.matmul(weights.masked_fill_(~keep, 0.0).to(dtype), v.to(dtype))
+            out = torch.matmul(mask_(weights, keep).to(dtype), v.to(dtype))
         ctx.save_for_backward(q, k, v, allowed, keep, lse)
         ctx.keep_scale, ctx.dtype = keep_scale, dtype
         return out * keep_scale  # [B, h, L, d] (a product stays unchanged: see above)
@@ -378,11 +433,11 @@ class _DropoutAttention(torch.autograd.Function):
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(dtype) * ctx.keep_scale  # [B, h, L, d]
             weights = _attention_weights(q, k, allowed, lse, dtype)  # recomputed
-            dropped = torch.where(keep, weights, 0.0).to(dtype)
+            dropped = masked(weights, keep).to(dtype)
             grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
             del dropped
             grad_weights = torch.matmul(grad, v.to(dtype).transpose(-1, -2)).to(weights.dtype)
-            grad_weights.masked_fill_(~keep, 0.0)  # ∂L/∂softmax
+            mask_(grad_weights, keep)  # ∂L/∂softmax
             row = (grad_weights * weights).sum(-1, keepdim=True)  # [B, h, L, 1]
             grad_logits = grad_weights.sub_(row).mul_(weights).to(dtype)  # softmax backward
             del weights, grad_weights
