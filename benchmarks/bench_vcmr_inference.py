@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import sys
 import time
@@ -53,6 +52,8 @@ from common import (
     sustained_matmul_flops,
 )
 
+from partial_relevance.data.annotations import read_tvr_jsonl
+from partial_relevance.data.preprocess import CLIP_SECONDS
 from partial_relevance.inference.vcmr import (
     VcmrInferenceConfig,
     VideoCache,
@@ -76,7 +77,7 @@ TVR_VAL_CLIP_HISTOGRAM = {
     79: 1, 80: 4, 81: 2, 82: 3, 83: 3, 85: 1, 86: 1, 87: 2, 88: 1, 91: 1, 95: 2, 98: 1, 99: 1,
     100: 15,
 }  # fmt: skip
-CLIP_SECONDS, MAX_CLIPS = 1.5, 100  # SPEC §1.1 (TVR's feature grid), §1.3
+MAX_CLIPS = 100  # SPEC §1.3 (`max_clips` of conf/data/vcmr_tvr.yaml)
 LENGTHS = ("tvr-val", "uniform")
 VISUAL_DIM, SUB_DIM, QUERY_DIM = 4352, 768, 768  # SPEC §1.1
 # The localizer as `model=prem_localizer data=vcmr_localizer_tvr` composes it (no file is read).
@@ -99,14 +100,9 @@ def inference_config(args: argparse.Namespace, precision: str) -> VcmrInferenceC
 
 
 def tvr_val_clip_histogram(path: Path) -> dict[int, int]:
-    """Clip count -> videos over the distinct videos of a TVR annotation file (JSON lines with
-    `vid_name` and `duration` in seconds): `min(ceil(duration / 1.5), 100)`, at least 1."""
-    durations: dict[str, float] = {}
-    with path.open() as lines:
-        for line in lines:
-            if line.strip():
-                record = json.loads(line)
-                durations[record["vid_name"]] = float(record["duration"])
+    """Clip count -> videos over the distinct videos of a labelled TVR annotation file
+    (`read_tvr_jsonl`): `min(ceil(duration / 1.5), 100)`, at least 1."""
+    durations = {q.video_id: q.duration for q in read_tvr_jsonl(path)}
     counts = Counter(
         min(MAX_CLIPS, max(1, math.ceil(d / CLIP_SECONDS))) for d in durations.values()
     )

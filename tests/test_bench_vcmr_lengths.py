@@ -27,16 +27,20 @@ def test_embedded_histogram_is_tvr_vals() -> None:
 
 
 def test_histogram_rule_on_a_hand_made_file(tmp_path: Path) -> None:
+    videos = [
+        ("a", 61.2),  # 40.8 -> 41 clips
+        ("a", 61.2),  # same video, counted once
+        ("b", 1.5),  # exactly one clip
+        ("c", 0.2),  # under one clip -> 1
+        ("d", 400.0),  # 267 -> capped at 100
+        ("e", 90.0),  # 60 clips
+    ]
     rows = [
-        {"vid_name": "a", "duration": 61.2, "desc_id": 1},  # 40.8 -> 41 clips
-        {"vid_name": "a", "duration": 61.2, "desc_id": 2},  # same video, counted once
-        {"vid_name": "b", "duration": 1.5, "desc_id": 3},  # exactly one clip
-        {"vid_name": "c", "duration": 0.2, "desc_id": 4},  # under one clip -> 1
-        {"vid_name": "d", "duration": 400.0, "desc_id": 5},  # 267 -> capped at 100
-        {"vid_name": "e", "duration": 90.0, "desc_id": 6},  # 60 clips
+        {"desc": "q", "desc_id": i, "vid_name": v, "duration": d, "ts": [0.0, 0.1], "type": "v"}
+        for i, (v, d) in enumerate(videos)
     ]
     path = tmp_path / "val.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert bench.tvr_val_clip_histogram(path) == {1: 2, 41: 1, 60: 1, 100: 1}
 
 

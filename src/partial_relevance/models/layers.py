@@ -125,7 +125,7 @@ def masked(x: Tensor, keep: Tensor) -> Tensor:
     """x · keep as a new tensor (keep: bool, x's shape; no autograd: see `apply_keep`)."""
     if not _chunked(x, keep):
         return x * keep
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    out = torch.empty_like(x)  # x is contiguous here
     flat, flat_keep, flat_out = x.view(-1), keep.view(-1).view(torch.uint8), out.view(-1)
     for lo in range(0, flat.numel(), _MASK_CHUNK):
         hi = lo + _MASK_CHUNK
