@@ -110,27 +110,24 @@ def _chunked(x: Tensor, keep: Tensor) -> bool:
     )
 
 
-def mask_(x: Tensor, keep: Tensor) -> Tensor:
-    """x · keep in place (keep: bool, x's shape) -> x. A product, as torch's own dropout: a
-    NaN or inf at a dropped position stays non-finite (`where` would zero it)."""
-    if not _chunked(x, keep):
-        return x.mul_(keep)
-    flat, flat_keep = x.view(-1), keep.view(-1).view(torch.uint8)
-    for lo in range(0, flat.numel(), _MASK_CHUNK):
-        flat[lo : lo + _MASK_CHUNK].mul_(flat_keep[lo : lo + _MASK_CHUNK])
-    return x
-
-
-def masked(x: Tensor, keep: Tensor) -> Tensor:
-    """x · keep as a new tensor (keep: bool, x's shape; no autograd: see `apply_keep`)."""
-    if not _chunked(x, keep):
-        return x * keep
-    out = torch.empty_like(x)  # x is contiguous here
+def _chunked_product(x: Tensor, keep: Tensor, out: Tensor) -> Tensor:
+    """out = x · keep over flat chunks, the mask viewed as uint8 (`out` may be `x`)."""
     flat, flat_keep, flat_out = x.view(-1), keep.view(-1).view(torch.uint8), out.view(-1)
     for lo in range(0, flat.numel(), _MASK_CHUNK):
         hi = lo + _MASK_CHUNK
         torch.mul(flat[lo:hi], flat_keep[lo:hi], out=flat_out[lo:hi])
     return out
+
+
+def mask_(x: Tensor, keep: Tensor) -> Tensor:
+    """x · keep in place (keep: bool, x's shape) -> x. A product, as torch's own dropout: a
+    NaN or inf at a dropped position stays non-finite (`where` would zero it)."""
+    return _chunked_product(x, keep, x) if _chunked(x, keep) else x.mul_(keep)
+
+
+def masked(x: Tensor, keep: Tensor) -> Tensor:
+    """x · keep as a new tensor (keep: bool, x's shape; no autograd: see `apply_keep`)."""
+    return _chunked_product(x, keep, torch.empty_like(x)) if _chunked(x, keep) else x * keep
 
 
 class _KeepMask(torch.autograd.Function):
