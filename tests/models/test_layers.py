@@ -288,6 +288,29 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
         assert torch.equal(dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p), out)
 
 
+def test_dropout_attention_masks_keys_as_an_additive_bias_like_sdpa():
+    """Masked keys enter as a 0 / −∞ bias, as in SDPA's CPU kernels: a finite logit at a masked
+    key gets weight 0 (the output ignores its value), while a NaN key at a masked position
+    makes the rows NaN (a product with NaN, not hidden by a fill), in training and in SDPA's
+    eval path alike."""
+    torch.manual_seed(0)
+    B, h, L, d = 2, 2, 6, 4
+    q, k, v = torch.randn(3, B, h, L, d).unbind(0)
+    allowed = torch.ones(B, 1, 1, L, dtype=torch.bool)
+    allowed[0, ..., 4:] = False
+    changed_v = v.clone()
+    changed_v[0, :, 4:] = 1e6  # values at masked keys must not matter
+    out = dropout_attention(q, k, v, allowed, 0.0)
+    torch.testing.assert_close(dropout_attention(q, k, changed_v, allowed, 0.0), out)
+    torch.testing.assert_close(out, nn.functional.scaled_dot_product_attention(q, k, v, allowed))
+    nan_key = k.clone()
+    nan_key[0, :, 5] = float("nan")
+    trained = dropout_attention(q, nan_key, v, allowed, 0.0)
+    evaluated = nn.functional.scaled_dot_product_attention(q, nan_key, v, allowed)
+    assert trained[0].isnan().all() and evaluated[0].isnan().all()
+    torch.testing.assert_close(trained[1], out[1])  # the other video is untouched
+
+
 @pytest.mark.parametrize("case", ["fp32", "bf16", "data-input", "no-dropout"])
 def test_norm_dropout_linear_equals_the_unfused_chain_and_keeps_no_normed_copy(case: str):
     """`norm_dropout_linear` returns (norm(x), linear(dropout(norm(x)))) with the chain's

@@ -398,9 +398,9 @@ def norm_dropout_linear(
 
 class _DropoutAttention(torch.autograd.Function):
     """softmax(q kᵀ/√d + mask) with dropout, times v, keeping for backward only q, k, v (views
-    of the input projection's output), the log-sum-exp per row and the bool keep mask: the
-    [B, h, L, L] weights are recomputed in backward (one small product, d = D/h) instead of
-    kept three times (softmax output, float dropout mask, dropped weights) as SDPA's math path
+    of the input projection's output) and the bool keep mask: the [B, h, L, L] weights are
+    recomputed in backward (one small product, d = D/h, and one fused softmax) instead of kept
+    three times (softmax output, float dropout mask, dropped weights) as SDPA's math path
     does, and the mask costs 1 byte an element instead of a float `bernoulli_` draw."""
 
     @staticmethod
@@ -415,28 +415,28 @@ class _DropoutAttention(torch.autograd.Function):
         dtype: torch.dtype,  # the products' dtype (autocast's, else q's)
     ) -> Tensor:
         with torch.autocast(q.device.type, enabled=False):
-            lse = _attention_logits(q, k, allowed, dtype).logsumexp(-1, keepdim=True)
-            weights = _attention_weights(q, k, allowed, lse, dtype)  # [B, h, L, L]
+            weights = _attention_weights(q, k, allowed, dtype)  # [B, h, L, L]
             out = torch.matmul(mask_(weights, keep).to(dtype), v.to(dtype))
-        ctx.save_for_backward(q, k, v, allowed, keep, lse)
+        ctx.save_for_backward(q, k, v, allowed, keep)
         ctx.keep_scale, ctx.dtype = keep_scale, dtype
         return out * keep_scale  # [B, h, L, d] (a product stays unchanged: see above)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, allowed, keep, lse = ctx.saved_tensors
+        q, k, v, allowed, keep = ctx.saved_tensors
         dtype, scale = ctx.dtype, 1.0 / math.sqrt(q.shape[-1])
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(dtype) * ctx.keep_scale  # [B, h, L, d]
-            weights = _attention_weights(q, k, allowed, lse, dtype)  # recomputed
+            weights = _attention_weights(q, k, allowed, dtype)  # recomputed: the same numbers
             dropped = masked(weights, keep).to(dtype)
             grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
             del dropped
             grad_weights = torch.matmul(grad, v.to(dtype).transpose(-1, -2)).to(weights.dtype)
             mask_(grad_weights, keep)  # ∂L/∂softmax
-            row = (grad_weights * weights).sum(-1, keepdim=True)  # [B, h, L, 1]
-            grad_logits = grad_weights.sub_(row).mul_(weights).to(dtype)  # softmax backward
+            # softmax backward, weights · (∂L/∂softmax − Σ_row weights · ∂L/∂softmax), fused
+            grad_logits = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
             del weights, grad_weights
+            grad_logits = grad_logits.to(dtype)
             grad_q = torch.matmul(grad_logits, k.to(dtype)).mul_(scale)
             grad_k = torch.matmul(grad_logits.transpose(-1, -2), q.to(dtype)).mul_(scale)
         return (
@@ -451,20 +451,25 @@ class _DropoutAttention(torch.autograd.Function):
 
 
 def _attention_logits(q: Tensor, k: Tensor, allowed: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """q kᵀ/√d (in fp32 or wider) with −∞ at keys not `allowed` -> [B, h, L, L]."""
+    """q kᵀ/√d (in fp32 or wider) with −∞ at keys not `allowed` -> [B, h, L, L].
+
+    The mask is added as a [B, 1, 1, L] bias of 0 / −∞ (the cast to fp32 in the same pass), as
+    SDPA's CPU kernels apply a bool mask: a NaN or +inf logit at a masked key makes its row
+    NaN instead of being hidden (`masked_fill` took 3× as long and hid it)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     logits = torch.matmul(q.to(dtype) * scale, k.to(dtype).transpose(-1, -2))
-    logits = logits.to(torch.promote_types(dtype, torch.float32))  # softmax in fp32 at least
-    return logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
+    softmax_dtype = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
+    if allowed is None:
+        return logits.to(softmax_dtype)
+    bias = torch.zeros(allowed.shape, dtype=softmax_dtype, device=allowed.device)
+    return torch.add(logits, bias.masked_fill_(~allowed, float("-inf")))
 
 
-def _attention_weights(
-    q: Tensor, k: Tensor, allowed: Tensor | None, lse: Tensor, dtype: torch.dtype
-) -> Tensor:
-    """softmax(q kᵀ/√d) from the saved row log-sum-exp (one exp pass) -> [B, h, L, L]."""
-    # Out of place first: under `recompute_elementwise` the product is a cached output that
-    # must not change (every in-place op below acts on a tensor made here).
-    return (_attention_logits(q, k, allowed, dtype) - lse).exp_()
+def _attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """softmax(q kᵀ/√d + mask) in fp32 or wider -> [B, h, L, L], a new tensor: under
+    `recompute_elementwise` the product is a cached output that must not change, and the
+    weights are masked in place."""
+    return torch.softmax(_attention_logits(q, k, allowed, dtype), dim=-1)
 
 
 def dropout_attention(
