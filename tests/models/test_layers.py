@@ -270,7 +270,7 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
     expected = reference(keep)
     torch.manual_seed(1)  # the same mask
     with saved_for_backward() as saved, autocast:
-        out = dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p)
+        out = dropout_attention(qkv.permute(2, 0, 3, 1, 4), allowed, p)
     weights = torch.linspace(-1, 1, d, dtype=dtype)
     grads = [torch.autograd.grad((y.to(dtype) * weights).sum(), qkv)[0] for y in (out, expected)]
     tol = {
@@ -285,7 +285,7 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
     assert (B * h * L * L, torch.bool) in saved
     torch.manual_seed(1)
     with autocast:
-        assert torch.equal(dropout_attention(*qkv.permute(2, 0, 3, 1, 4), allowed, p), out)
+        assert torch.equal(dropout_attention(qkv.permute(2, 0, 3, 1, 4), allowed, p), out)
 
 
 def test_dropout_attention_masks_keys_as_an_additive_bias_like_sdpa():
@@ -300,12 +300,13 @@ def test_dropout_attention_masks_keys_as_an_additive_bias_like_sdpa():
     allowed[0, ..., 4:] = False
     changed_v = v.clone()
     changed_v[0, :, 4:] = 1e6  # values at masked keys must not matter
-    out = dropout_attention(q, k, v, allowed, 0.0)
-    torch.testing.assert_close(dropout_attention(q, k, changed_v, allowed, 0.0), out)
+    out = dropout_attention(torch.stack((q, k, v)), allowed, 0.0)
+    changed = dropout_attention(torch.stack((q, k, changed_v)), allowed, 0.0)
+    torch.testing.assert_close(changed, out)
     torch.testing.assert_close(out, nn.functional.scaled_dot_product_attention(q, k, v, allowed))
     nan_key = k.clone()
     nan_key[0, :, 5] = float("nan")
-    trained = dropout_attention(q, nan_key, v, allowed, 0.0)
+    trained = dropout_attention(torch.stack((q, nan_key, v)), allowed, 0.0)
     evaluated = nn.functional.scaled_dot_product_attention(q, nan_key, v, allowed)
     assert trained[0].isnan().all() and evaluated[0].isnan().all()
     torch.testing.assert_close(trained[1], out[1])  # the other video is untouched

@@ -397,91 +397,88 @@ def norm_dropout_linear(
 
 
 class _DropoutAttention(torch.autograd.Function):
-    """softmax(q kᵀ/√d + mask) with dropout, times v, keeping for backward only q, k, v (views
-    of the input projection's output) and the bool keep mask: the [B, h, L, L] weights are
-    recomputed in backward (one small product, d = D/h, and one fused softmax) instead of kept
-    three times (softmax output, float dropout mask, dropped weights) as SDPA's math path
-    does, and the mask costs 1 byte an element instead of a float `bernoulli_` draw."""
+    """softmax(q kᵀ/√d + mask) with dropout, times v, keeping for backward only the packed q, k,
+    v and the bool keep mask: the [B, h, L, L] weights are recomputed in backward (one small
+    product, d = D/h, and one fused softmax) instead of kept three times (softmax output, float
+    dropout mask, dropped weights) as SDPA's math path does, and the mask costs 1 byte an
+    element instead of a float `bernoulli_` draw. q, k, v come packed in one contiguous
+    [3, B, h, L, d] tensor and their gradients leave in one: every product reads its operands
+    in place (a head view of the projection's [B, L, 3D] output is copied by each product that
+    reads it) and autograd gets one gradient instead of stacking three."""
 
     @staticmethod
     def forward(
         ctx: Any,
-        q: Tensor,  # [B, h, L, d]
-        k: Tensor,  # [B, h, L, d]
-        v: Tensor,  # [B, h, L, d]
+        qkv: Tensor,  # [3, B, h, L, d] contiguous
         allowed: Tensor | None,  # [B, 1, 1, L] bool, True at keys that may be attended
         keep: Tensor,  # [B, h, L, L] bool dropout keep mask
         keep_scale: float,  # 1/(1 - p)
         dtype: torch.dtype,  # the products' dtype (autocast's, else q's)
     ) -> Tensor:
-        with torch.autocast(q.device.type, enabled=False):
-            weights = _attention_weights(q, k, allowed, dtype)  # [B, h, L, L]
-            out = torch.matmul(mask_(weights, keep).to(dtype), v.to(dtype))
-        ctx.save_for_backward(q, k, v, allowed, keep)
+        q, k, v = qkv.to(dtype).unbind(0)  # [B, h, L, d] each, contiguous
+        with torch.autocast(qkv.device.type, enabled=False):
+            weights = _attention_weights(q, k, allowed)  # [B, h, L, L]
+            out = torch.matmul(mask_(weights, keep).to(dtype), v)
+        ctx.save_for_backward(qkv, allowed, keep)
         ctx.keep_scale, ctx.dtype = keep_scale, dtype
         return out * keep_scale  # [B, h, L, d] (a product stays unchanged: see above)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        q, k, v, allowed, keep = ctx.saved_tensors
-        dtype, scale = ctx.dtype, 1.0 / math.sqrt(q.shape[-1])
+        qkv, allowed, keep = ctx.saved_tensors
+        dtype, scale = ctx.dtype, 1.0 / math.sqrt(qkv.shape[-1])
+        q, k, v = qkv.to(dtype).unbind(0)
+        grad_qkv = torch.empty(qkv.shape, dtype=dtype, device=qkv.device)  # [3, B, h, L, d]
+        grad_q, grad_k, grad_v = grad_qkv.unbind(0)
         with torch.autocast(grad.device.type, enabled=False):
             grad = grad.to(dtype) * ctx.keep_scale  # [B, h, L, d]
-            weights = _attention_weights(q, k, allowed, dtype)  # recomputed: the same numbers
+            weights = _attention_weights(q, k, allowed)  # recomputed: the same numbers
             dropped = masked(weights, keep).to(dtype)
-            grad_v = torch.matmul(dropped.transpose(-1, -2), grad)
+            torch.matmul(dropped.transpose(-1, -2), grad, out=grad_v)
             del dropped
-            grad_weights = torch.matmul(grad, v.to(dtype).transpose(-1, -2)).to(weights.dtype)
+            grad_weights = torch.matmul(grad, v.transpose(-1, -2)).to(weights.dtype)
             mask_(grad_weights, keep)  # ∂L/∂softmax
             # softmax backward, weights · (∂L/∂softmax − Σ_row weights · ∂L/∂softmax), fused
             grad_logits = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
             del weights, grad_weights
             grad_logits = grad_logits.to(dtype)
-            grad_q = torch.matmul(grad_logits, k.to(dtype)).mul_(scale)
-            grad_k = torch.matmul(grad_logits.transpose(-1, -2), q.to(dtype)).mul_(scale)
-        return (
-            grad_q.to(q.dtype),
-            grad_k.to(k.dtype),
-            grad_v.to(v.dtype),
-            None,
-            None,
-            None,
-            None,
-        )
+            torch.matmul(grad_logits, k, out=grad_q).mul_(scale)
+            torch.matmul(grad_logits.transpose(-1, -2), q, out=grad_k).mul_(scale)
+        return grad_qkv.to(qkv.dtype), None, None, None, None
 
 
-def _attention_logits(q: Tensor, k: Tensor, allowed: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """q kᵀ/√d (in fp32 or wider) with −∞ at keys not `allowed` -> [B, h, L, L].
+def _attention_logits(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
+    """q kᵀ/√d (in q's dtype, then fp32 or wider) with −∞ at keys not `allowed` -> [B, h, L, L].
 
     The mask is added as a [B, 1, 1, L] bias of 0 / −∞ (the cast to fp32 in the same pass), as
     SDPA's CPU kernels apply a bool mask: a NaN or +inf logit at a masked key makes its row
     NaN instead of being hidden (`masked_fill` took 3× as long and hid it)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = torch.matmul(q.to(dtype) * scale, k.to(dtype).transpose(-1, -2))
-    softmax_dtype = torch.promote_types(dtype, torch.float32)  # softmax in fp32 at least
+    logits = torch.matmul(q * scale, k.transpose(-1, -2))
+    softmax_dtype = torch.promote_types(q.dtype, torch.float32)  # softmax in fp32 at least
     if allowed is None:
         return logits.to(softmax_dtype)
     bias = torch.zeros(allowed.shape, dtype=softmax_dtype, device=allowed.device)
     return torch.add(logits, bias.masked_fill_(~allowed, float("-inf")))
 
 
-def _attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None, dtype: torch.dtype) -> Tensor:
+def _attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
     """softmax(q kᵀ/√d + mask) in fp32 or wider -> [B, h, L, L], a new tensor: under
     `recompute_elementwise` the product is a cached output that must not change, and the
     weights are masked in place."""
-    return torch.softmax(_attention_logits(q, k, allowed, dtype), dim=-1)
+    return torch.softmax(_attention_logits(q, k, allowed), dim=-1)
 
 
-def dropout_attention(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: float
-) -> Tensor:
+def dropout_attention(qkv: Tensor, allowed: Tensor | None, dropout: float) -> Tensor:
     """`F.scaled_dot_product_attention(q, k, v, allowed, dropout_p=dropout)` in training, with
     a `keep_mask` on the attention weights and the weights recomputed in backward
-    (`_DropoutAttention`). q, k, v: [B, h, L, d]; allowed: [B, 1, 1, L] bool (every row must
-    allow at least one key) -> [B, h, L, d]."""
-    B, h, L, _ = q.shape
-    keep = keep_mask(torch.Size((B, h, L, k.shape[-2])), dropout, q.device)
-    return _DropoutAttention.apply(q, k, v, allowed, keep, 1.0 / (1.0 - dropout), _compute_dtype(q))
+    (`_DropoutAttention`). qkv: [3, B, h, L, d], q, k, v stacked (any strides: made contiguous
+    once here); allowed: [B, 1, 1, L] bool (every row must allow at least one key)
+    -> [B, h, L, d]."""
+    _, B, h, L, _ = qkv.shape
+    keep = keep_mask(torch.Size((B, h, L, L)), dropout, qkv.device)
+    dtype = _compute_dtype(qkv)
+    return _DropoutAttention.apply(qkv.contiguous(), allowed, keep, 1.0 / (1.0 - dropout), dtype)
 
 
 def set_recompute_elementwise(module: nn.Module, enabled: bool) -> None:
@@ -618,11 +615,12 @@ class TransformerLayer(nn.Module):
         B, L, D = x.shape
         heads = attention.num_heads
         qkv = F.linear(x, attention.in_proj_weight, attention.in_proj_bias)  # [B, L, 3D]
-        q, k, v = qkv.view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # [B, h, L, d]
+        qkv = qkv.view(B, L, 3, heads, D // heads).permute(2, 0, 3, 1, 4)  # [3, B, h, L, d]
         allowed = None if key_padding is None else ~key_padding[:, None, None, :]  # [B,1,1,L]
         if self.training and 0.0 < attention.dropout < 1.0:
-            attended = dropout_attention(q, k, v, allowed, attention.dropout)  # [B, h, L, d]
+            attended = dropout_attention(qkv, allowed, attention.dropout)  # [B, h, L, d]
         else:
+            q, k, v = qkv
             weight_dropout = attention.dropout if self.training else 0.0
             attended = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, dropout_p=weight_dropout
