@@ -6,7 +6,10 @@ RSS is its own): model `base` or `full` (ICE + IRM + TCP enabled), precision `fp
 (`torch.autocast("cpu", dtype=torch.bfloat16)`, what `precision=bf16` / Lightning
 `bf16-mixed` runs), options `ckpt` (activation checkpointing) and `compile` (what
 `model.compile=true` compiles: `models.compile.compile_net`, Inductor; compile time reported
-apart). Data loading is
+apart) and `census` (every step under `common.OpCensus`: seconds per aten op, the matmul family
+apart; in bf16 on a host without bf16 units the products run in fp32 so that the rest of the
+step is measured, and the step's share of a reference bf16 rate is projected from it: not a
+timing of the step itself). Data loading is
 included: batches come from the real `PrvrDataModule` train loader reading a Charades-like
 MS-SL collection written to a temp dir (or any MS-SL directory given with
 --root/--collection/--feature). The loop is manual: `PrvrLitModule.training_losses` forward,
@@ -42,7 +45,7 @@ from partial_relevance.models.compile import compile_net
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
-OPTIONS = ("ckpt", "compile")
+OPTIONS = ("ckpt", "compile", "census")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -82,6 +85,63 @@ def batches(loader):
         yield from loader
 
 
+def training_step(
+    lit: PrvrLitModule, optimizer: Any, batch: dict[str, torch.Tensor], precision: str, update: bool
+) -> dict[str, torch.Tensor]:
+    """Forward under `precision`'s autocast, backward and (with `update`) the optimiser step."""
+    with bench.autocast(precision):
+        terms = lit.training_losses(batch)
+    terms["loss"].backward()
+    if update:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
+def census_row(
+    args: argparse.Namespace, lit: PrvrLitModule, optimizer: Any, stream: Any, precision: str
+) -> dict[str, Any]:
+    """A `-census` configuration: --warmup then --steps training steps, each under
+    `common.OpCensus` (bf16 products proxied in fp32 where this CPU has no bf16 units), and
+    one more counting FLOPs -> the matmul / non-matmul seconds a step, the slowest non-matmul
+    ops, and for bf16 the step's share of `--reference-bf16-gflops` projected from them."""
+    proxy = precision == "bf16" and not any(bench.bf16_units().values())
+    for _ in range(args.warmup):
+        with bench.OpCensus(proxy):
+            training_step(lit, optimizer, next(stream), precision, update=True)
+    census = bench.OpCensus(proxy)
+    for _ in range(args.steps):
+        with census:
+            training_step(lit, optimizer, next(stream), precision, update=True)
+    matmul_s, other_s, ops = (value / args.steps for value in census.totals())
+    ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
+    ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
+    with bench.count_flops() as counter, bench.OpCensus(proxy):
+        training_step(lit, optimizer, next(stream), precision, update=False)
+    flops = counter.get_total_flops()
+    row: dict[str, Any] = {
+        "config": args.config,
+        "census steps": args.steps,
+        "products ran as": str(ran_as).replace("torch.", "")
+        + (" (bf16 proxied: no bf16 units)" if proxy else ""),
+        "matmul s/step": round(matmul_s, 3),
+        "non-matmul s/step": round(other_s, 3),
+        "ops/step": round(ops),
+        "GFLOP/step": round(flops / 1e9, 1),
+        "matmul GFLOP/s": round(ran_gflops, 1),
+    }
+    if not proxy:  # the census's own step: an upper bound of the eager step (see OpCensus)
+        achieved = flops / 1e9 / (matmul_s + other_s)
+        row["% of peak (census step)"] = bench.percent_of_peak(achieved, ran_gflops)
+    if precision == "bf16":
+        reference = args.reference_bf16_gflops
+        projected = bench.projected_share_of_peak(flops, matmul_s, other_s, ran_gflops, reference)
+        row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
+    row["slowest non-matmul ops"] = census.top(10, args.steps)
+    row["load avg"] = bench.load_average()[:1]
+    return row
+
+
 def run_child(args: argparse.Namespace) -> dict[str, Any]:
     """Time one configuration; returns its row."""
     model, precision, *options = args.config.split("-")
@@ -93,15 +153,11 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         compile_net(lit.net)  # what `model.compile=true` compiles (models.compile)
     optimizer = bench.optimizer_factory("prvr")(parameter_groups(lit, 0.01))
     stream = batches(dm.train_dataloader())
+    if "census" in options:
+        return census_row(args, lit, optimizer, stream, precision)
 
     def step(batch: dict[str, torch.Tensor], update: bool = True) -> dict[str, torch.Tensor]:
-        with bench.autocast(precision):
-            terms = lit.training_losses(batch)
-        terms["loss"].backward()
-        if update:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return terms
+        return training_step(lit, optimizer, batch, precision, update)
 
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -198,6 +254,13 @@ def main() -> None:
         default=True,
         help="one more untimed step that sums the saved activations by module",
     )
+    parser.add_argument(
+        "--reference-bf16-gflops",
+        type=float,
+        default=bench.REFERENCE_BF16_GFLOPS,
+        help="bf16 matmul rate a `-census` bf16 row projects its share of peak at (default: "
+        "issue #19's host A, a 2-core EPYC with avx512_bf16)",
+    )
     args = parser.parse_args()
 
     def layout() -> LayoutSpec:
@@ -206,7 +269,7 @@ def main() -> None:
 
     child_args = (
         *("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "dropout"),
-        *("recompute_elementwise", "memory"),
+        *("recompute_elementwise", "memory", "reference_bf16_gflops"),
     )
     done = bench.run_parent_or_child(
         parser,

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves, tree_map
 
 from partial_relevance.models.precision import cpu_flags
 
@@ -671,3 +673,109 @@ def optimizer_factory(model: str, **overrides: Any) -> Any:
 def net_arguments(model: str, overrides: list[str] | None = None) -> dict[str, Any]:
     """The net's constructor arguments of `model=<model>` (its `net` section, no `_target_`)."""
     return {k: v for k, v in model_config(model, overrides)["net"].items() if k != "_target_"}
+
+
+# ------------------------------------------------------------------------------ op census
+# The matmul family: what runs on the matrix units (and what `% of peak` counts); every other
+# aten op is the "non-matmul" work (elementwise, reductions, copies, RNG) that decides a bf16
+# step on a host with fast bf16 matmuls (issue #19).
+MATMUL_OPS = frozenset(
+    {
+        *("mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot", "_addmm_activation"),
+        *("convolution", "convolution_backward", "_native_multi_head_attention"),
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention_for_cpu_backward",
+    }
+)
+# Matmul ops whose every floating output has the inputs' dtype: the ones a bf16 proxy may run
+# in fp32 and round back (SDPA's CPU kernels return an fp32 log-sum-exp beside a bf16 output).
+_PROXIED_OPS = frozenset({"mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward"})
+
+
+class OpCensus(TorchDispatchMode):
+    """Seconds and calls of every aten op run inside it (forward, backward and optimiser), the
+    matmul family (`MATMUL_OPS`) apart from the rest.
+
+    With `proxy_bf16_matmuls`, a bf16 mm/addmm/bmm/baddbmm/convolution runs in fp32 (inputs
+    upcast, outputs rounded back to bf16: the numbers of a bf16 product to rounding): on a
+    host without bf16 units torch emulates bf16 products ~100× slower than fp32, while the
+    rest of a bf16 step (the elementwise work in bf16 and fp32) runs as it would anywhere.
+    Each op is timed alone, between Python calls, so the census's total exceeds an eager
+    step's (idle threads wake up for every op): its non-matmul seconds are an upper bound.
+    """
+
+    def __init__(self, proxy_bf16_matmuls: bool = False) -> None:
+        super().__init__()
+        self.proxy_bf16_matmuls = proxy_bf16_matmuls
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self.proxied = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        proxy = self.proxy_bf16_matmuls and name in _PROXIED_OPS and _has_bf16((args, kwargs))
+        start = time.perf_counter()
+        if proxy:
+            upcast = functools.partial(_cast_floating, torch.bfloat16, torch.float32)
+            out = func(*tree_map(upcast, args), **tree_map(upcast, kwargs))
+            out = tree_map(functools.partial(_cast_floating, torch.float32, torch.bfloat16), out)
+            self.proxied += 1
+        else:
+            out = func(*args, **kwargs)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return out
+
+    def totals(self) -> tuple[float, float, int]:
+        """(matmul seconds, non-matmul seconds, op calls) so far."""
+        matmul = sum(s for name, s in self.seconds.items() if name in MATMUL_OPS)
+        return matmul, sum(self.seconds.values()) - matmul, sum(self.calls.values())
+
+    def top(self, count: int = 10, steps: int = 1) -> dict[str, str]:
+        """The `count` slowest non-matmul ops: name -> 'ms a step (calls a step)'."""
+        ordered = sorted(
+            (item for item in self.seconds.items() if item[0] not in MATMUL_OPS),
+            key=lambda item: -item[1],
+        )[:count]
+        return {
+            name: f"{1e3 * seconds / steps:.1f} ms ({self.calls[name] / steps:g})"
+            for name, seconds in ordered
+        }
+
+
+def _has_bf16(tree: Any) -> bool:
+    return any(isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16 for x in tree_leaves(tree))
+
+
+def _cast_floating(source: torch.dtype, target: torch.dtype, x: Any) -> Any:
+    """`x` cast to `target` when it is a tensor of dtype `source`, else `x`."""
+    return x.to(target) if isinstance(x, torch.Tensor) and x.dtype == source else x
+
+
+# The bf16 1024² matmul rate of issue #19's host A (2-core AMD EPYC with avx512_bf16; fp32 180),
+# where the bf16 targets were set: the rate a census projects a bf16 step's share of peak at.
+REFERENCE_BF16_GFLOPS = 415.0
+
+
+def projection_column(key: str, reference_gflops: float) -> str:
+    """The row column of a `projected_share_of_peak` entry at `reference_gflops`."""
+    return f"{key} @ bf16 {reference_gflops:g} GFLOP/s"
+
+
+def projected_share_of_peak(
+    flops: float, matmul_s: float, other_s: float, ran_gflops: float, reference_gflops: float
+) -> dict[str, float]:
+    """A step's % of a reference matmul rate, projected from a census on this host: its
+    non-matmul seconds as measured here, plus its FLOPs at the reference rate × the matmul
+    efficiency measured here (FLOPs / matmul seconds / `ran_gflops`, the rate of what the
+    products ran as, at most 1).
+
+    -> {"matmul efficiency", "projected step s", "projected % of peak"}."""
+    efficiency = min(1.0, flops / 1e9 / matmul_s / ran_gflops)
+    step = other_s + flops / 1e9 / (reference_gflops * efficiency)
+    return {
+        "matmul efficiency": round(efficiency, 3),
+        "projected step s": round(step, 3),
+        "projected % of peak": percent_of_peak(flops / 1e9 / step, reference_gflops),
+    }

@@ -21,7 +21,7 @@ CASES = {
     "bench_layers.py": "--batch 4 --length 16 --reps 1",
     "bench_bigfile.py": "--videos 8 --frames 16 --dim 32 --max-seconds 2",
     "bench_prvr_train.py": "--videos 16 --batch-videos 8 --steps 1 --frames 32 "
-    "--configs base-fp32,full-bf16-ckpt --recompute-elementwise",
+    "--configs base-fp32,full-bf16-ckpt,full-bf16-census --recompute-elementwise",
     "bench_prvr_eval.py": "--scale 0.01 --configs fp32,bf16-fp16index",
     "bench_vcmr_inference.py": "--queries 4 --videos 12 --batch 4 --no-cache-queries 2",
 }
@@ -37,3 +37,7 @@ def test_benchmark_runs_and_reports(script: str) -> None:
     assert report["benchmark"] == script.removesuffix(".py")
     assert report["machine"]["cpu"] and "bf16_units" in report["machine"]
     assert report["rows"] and not any("error" in row for row in report["rows"])
+    for row in report["rows"]:
+        if row.get("config", "").endswith("-census"):  # the bf16 projection for host A
+            assert row["non-matmul s/step"] > 0 and row["slowest non-matmul ops"]
+            assert 0 < row["projected % of peak @ bf16 415 GFLOP/s"] <= 100

@@ -1,0 +1,93 @@
+"""`benchmarks/common.OpCensus` and `projected_share_of_peak`: the per-op census of a training
+step (matmul family apart) and the bf16 share of peak projected from it (issue #19)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import common
+
+
+def test_census_counts_every_op_once_and_keeps_the_matmul_family_apart():
+    torch.manual_seed(0)
+    a = torch.randn(8, 6, requires_grad=True)
+    b = torch.randn(6, 4)
+    census = common.OpCensus()
+    with census:
+        y = torch.relu(a @ b + 1.0)  # mm, add, relu
+        y.sum().backward()  # sum, then the backward ops (mm for ∂a among them)
+    assert census.calls["mm"] == 2  # forward a @ b and ∂a = g @ bᵀ
+    assert census.calls["add"] == 1 and census.calls["relu"] == 1
+    matmul, other, ops = census.totals()
+    assert matmul == pytest.approx(census.seconds["mm"])
+    assert other == pytest.approx(sum(census.seconds.values()) - census.seconds["mm"])
+    assert ops == sum(census.calls.values())
+    top = census.top(2)
+    assert len(top) == 2 and "mm" not in top
+    assert all(text.endswith(f"({census.calls[name]})") for name, text in top.items())
+    assert census.proxied == 0
+
+
+def test_bf16_proxy_runs_products_in_fp32_and_rounds_back():
+    """A proxied bf16 product equals the fp32 product of the same bf16 inputs rounded to bf16,
+    keeps bf16 outputs (autocast's dtypes unchanged) and counts as a matmul; fp32 products and
+    the non-matmul ops are not proxied."""
+    torch.manual_seed(0)
+    a = torch.randn(16, 32).bfloat16()
+    b = torch.randn(32, 8).bfloat16()
+    bias = torch.randn(8).bfloat16()
+    census = common.OpCensus(proxy_bf16_matmuls=True)
+    with census:
+        product = torch.addmm(bias, a, b)
+        batched = torch.bmm(a[None], b[None])
+        summed = product + 1
+        fp32 = a.float() @ b.float()
+    assert product.dtype == batched.dtype == summed.dtype == torch.bfloat16
+    expected = torch.addmm(bias.float(), a.float(), b.float()).bfloat16()
+    assert torch.equal(product, expected)
+    assert torch.equal(batched[0], (a.float() @ b.float()).bfloat16())
+    assert fp32.dtype == torch.float32
+    assert census.proxied == 2  # addmm and bmm; the fp32 mm runs as it is
+    assert {"addmm", "bmm", "mm", "add"} <= set(census.calls)
+
+
+def test_bf16_proxy_under_autocast_keeps_gradients():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 5)
+    x = torch.randn(7, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = linear(x)
+    expected.float().sum().backward()
+    expected_grad = linear.weight.grad.clone()
+    linear.weight.grad = None
+    census = common.OpCensus(proxy_bf16_matmuls=True)
+    with census:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear(x)
+        out.float().sum().backward()
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(linear.weight.grad, expected_grad, rtol=1e-2, atol=1e-2)
+    assert census.proxied >= 2  # the forward addmm and the weight-gradient mm
+
+
+def test_projected_share_of_peak_hand_case():
+    """100 GFLOP whose products took 1 s here at 125 GFLOP/s (efficiency 0.8), 0.5 s of the
+    rest: at a 250 GFLOP/s reference the products take 100 / (250 · 0.8) = 0.5 s, the step
+    1.0 s, 100 GFLOP/s = 40 % of 250."""
+    projected = common.projected_share_of_peak(100e9, 1.0, 0.5, 125.0, 250.0)
+    assert projected == {
+        "matmul efficiency": 0.8,
+        "projected step s": 1.0,
+        "projected % of peak": 40.0,
+    }
+    # Products measured faster than the yardstick count at 100 % efficiency, never above.
+    capped = common.projected_share_of_peak(100e9, 0.5, 0.0, 125.0, 250.0)
+    assert capped["matmul efficiency"] == 1.0
+    assert capped["projected % of peak"] == 100.0
