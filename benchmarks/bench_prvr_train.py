@@ -104,7 +104,9 @@ def census_row(
     """A `-census` configuration: --warmup then --steps training steps, each under
     `common.OpCensus` (bf16 products proxied in fp32 where this CPU has no bf16 units), and
     one more counting FLOPs -> the matmul / non-matmul seconds a step, the slowest non-matmul
-    ops, and for bf16 the step's share of `--reference-bf16-gflops` projected from them."""
+    ops, for bf16 the step's share of `--reference-bf16-gflops` projected from them, the peak
+    RSS (an upper bound of a bf16 step's where products are proxied) and, with --memory, the
+    saved activations of one more step (what a bf16 step saves: a proxy returns bf16)."""
     proxy = precision == "bf16" and not any(bench.bf16_units().values())
     for _ in range(args.warmup):
         with bench.OpCensus(proxy):
@@ -114,6 +116,9 @@ def census_row(
         with census:
             training_step(lit, optimizer, next(stream), precision, update=True)
     matmul_s, other_s, ops = (value / args.steps for value in census.totals())
+    # With bf16 products proxied every proxied product holds fp32 copies of its operands and
+    # output for its duration on top of what a bf16 step holds: an upper bound of its peak.
+    peak_rss = bench.peak_rss_mb()
     ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
     ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
     with bench.count_flops() as counter, bench.OpCensus(proxy):
@@ -129,6 +134,7 @@ def census_row(
         "ops/step": round(ops),
         "GFLOP/step": round(flops / 1e9, 1),
         "matmul GFLOP/s": round(ran_gflops, 1),
+        "peak RSS MiB (census)": peak_rss,
     }
     if not proxy:  # the census's own step: an upper bound of the eager step (see OpCensus)
         achieved = flops / 1e9 / (matmul_s + other_s)
@@ -139,6 +145,10 @@ def census_row(
         row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
     row["slowest non-matmul ops"] = census.top(10, args.steps)
     row["load avg"] = bench.load_average()[:1]
+    if args.memory and not args.recompute_elementwise:  # as in timed rows: exact under a proxy
+        with bench.SavedActivations(lit) as saved, bench.OpCensus(proxy):
+            training_step(lit, optimizer, next(stream), precision, update=False)
+        row.update(saved.summary())
     return row
 
 

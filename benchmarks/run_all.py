@@ -67,6 +67,8 @@ FP32_ONLY_ARGS = {
 MS_SL_PEAK_RSS_MIB = 3.48e9 / 2**20  # MS-SL's training peak RSS, 3.48 GB (issue #19)
 # bench_prvr_train's `-census` column: the bf16 step's share of host A's bf16 rate, projected.
 PROJECTED_SHARE = projection_column("projected % of peak", REFERENCE_BF16_GFLOPS)
+# The verdict row's entry that shows a bf16 target's census estimate where bf16 is emulated.
+CENSUS_COLUMN = "bf16 census estimate"
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,8 @@ class Target:
     # The row's value at 100 % of the measured matmul peak (a time target's lower bound): a
     # miss it puts out of reach too is reported as such.
     at_peak_column: str | None = None
-    # Where bf16 is emulated: the column of the `<row>-census` row that projects the target's
-    # value for host A (shown beside "not measurable", never a verdict).
+    # Where bf16 is emulated: the column of the `<row>-census` row that estimates the target's
+    # value (shown beside "not measurable", never a verdict).
     projected_column: str | None = None
 
 
@@ -142,6 +144,7 @@ TARGETS = (
         "<=",
         2.5e9 / 2**20,
         batch_128=True,
+        projected_column="peak RSS MiB (census)",
     ),
     Target(
         "TVR-scale eval, fp32 (default fp16 index): ≥ 65 % of fp32 peak",
@@ -218,8 +221,9 @@ def verdicts(
             entry |= {"measured": None, "verdict": f"not measurable here ({bf16_skipped})"}
             census = None if result is None else find_row(result, f"{target.row}-census")
             if target.projected_column and census and target.projected_column in census:
-                entry["projected for host A (census)"] = census[target.projected_column]
-                entry["non-matmul s/step (census)"] = census.get("non-matmul s/step")
+                entry[CENSUS_COLUMN] = (
+                    f"{target.projected_column}: {census[target.projected_column]}"
+                )
         elif row is None or target.column not in row:
             entry |= {"measured": None, "verdict": "not run"}
         elif target.batch_128 and result["params"].get("batch_videos") != 128:
@@ -308,8 +312,7 @@ def main() -> int:
     print(f"=== wall seconds: {seconds}; total {round(sum(seconds.values()), 1)} ===")
     rows = verdicts(results, bf16_skipped)
     for row in rows:
-        projected = row.get("projected for host A (census)")
-        beside = "" if projected is None else f" (projected for host A: {projected} %)"
+        beside = f" ({row[CENSUS_COLUMN]})" if CENSUS_COLUMN in row else ""
         print(f"{row['target']}: {row['measured']} -> {row['verdict']}{beside}", flush=True)
     notes = [
         "each target as measured by this run's benchmarks on this host (machine facts above); "
@@ -319,12 +322,13 @@ def main() -> int:
         "evaluation from the extrapolated row when bench_prvr_eval ran below --scale 1",
         f"wall seconds per benchmark: {seconds}",
         f"bf16 rows: {'skipped, ' + bf16_skipped if bf16_skipped else 'run'}",
-        "projected for host A (census): where bf16 is emulated, the bf16 training step's "
-        f"share of host A's bf16 rate ({REFERENCE_BF16_GFLOPS:g} GFLOP/s, issue #19) projected "
-        "from bench_prvr_train's `-census` row: its non-matmul seconds measured here in bf16 "
-        "(an upper bound: the census times each op alone) plus its FLOPs at "
-        f"{REFERENCE_BF16_GFLOPS:g} GFLOP/s × the matmul efficiency of its products (proxied "
-        "in fp32) measured here; a projection, not a verdict",
+        f"{CENSUS_COLUMN}: where bf16 is emulated, bench_prvr_train's `-census` row of the "
+        "target's configuration (bf16 products proxied in fp32, the rest of the step run in "
+        f"bf16): the step's share of host A's bf16 rate ({REFERENCE_BF16_GFLOPS:g} GFLOP/s, "
+        "issue #19) projected from its non-matmul seconds measured here (an upper bound: the "
+        f"census times each op alone) plus its FLOPs at {REFERENCE_BF16_GFLOPS:g} GFLOP/s × "
+        "the matmul efficiency measured here; the peak RSS with the proxies' fp32 copies (an "
+        "upper bound of a bf16 step's); estimates, not verdicts",
     ]
     record_result(
         "run_all",

@@ -65,16 +65,21 @@ def test_a_time_target_beyond_the_peak_bound_says_out_of_reach():
 
 def test_emulated_bf16_shows_the_census_projection_beside_not_measurable():
     """Where bf16 is emulated the `-census` rows give the bf16 share projected for host A: shown
-    beside the target, whose verdict stays "not measurable" (a projection is no measurement);
-    targets without a projection (memory) get none."""
+    beside the target, whose verdict stays "not measurable" (an estimate is no measurement),
+    and the peak RSS with the proxies (an upper bound) beside the memory target; targets
+    without a census row get none."""
     result = train_result(128)
     census = {"non-matmul s/step": 1.4, run_all.PROJECTED_SHARE: 47.5}
+    census["peak RSS MiB (census)"] = 2300.0
     result["rows"].append({"config": "full-bf16-census", **census})
     rows = {r["target"]: r for r in run_all.verdicts({"bench_prvr_train": result}, "emulated")}
     full = rows["full model, bf16: ≥ 55 % of bf16 peak"]
     assert full["verdict"] == "not measurable here (emulated)" and full["measured"] is None
-    assert full["projected for host A (census)"] == 47.5
-    assert full["non-matmul s/step (census)"] == 1.4
-    assert "projected for host A (census)" not in rows["base model, bf16: ≥ 55 % of bf16 peak"]
-    assert "projected for host A (census)" not in rows["full model, bf16: peak RSS ≤ 2.5 GB"]
+    estimate = run_all.CENSUS_COLUMN
+    assert full[estimate] == "projected % of peak @ bf16 415 GFLOP/s: 47.5"
+    memory = rows["full model, bf16: peak RSS ≤ 2.5 GB"]
+    assert memory["verdict"].startswith("not measurable")
+    assert memory[estimate] == "peak RSS MiB (census): 2300.0"
+    assert estimate not in rows["base model, bf16: ≥ 55 % of bf16 peak"]  # no base census row
+    assert estimate not in rows["TVR-scale eval, bf16: ≥ 50 % of bf16 peak"]
     assert run_all.PROJECTED_SHARE == "projected % of peak @ bf16 415 GFLOP/s"

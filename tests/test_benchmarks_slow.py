@@ -40,4 +40,5 @@ def test_benchmark_runs_and_reports(script: str) -> None:
     for row in report["rows"]:
         if row.get("config", "").endswith("-census"):  # the bf16 projection for host A
             assert row["non-matmul s/step"] > 0 and row["slowest non-matmul ops"]
+            assert row["peak RSS MiB (census)"] > 0
             assert 0 < row["projected % of peak @ bf16 415 GFLOP/s"] <= 100
