@@ -459,7 +459,11 @@ def _attention_logits(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
     if allowed is None:
         return logits.to(softmax_dtype)
     bias = torch.zeros(allowed.shape, dtype=softmax_dtype, device=allowed.device)
-    return torch.add(logits, bias.masked_fill_(~allowed, float("-inf")))
+    bias.masked_fill_(~allowed, float("-inf"))
+    if logits.dtype == softmax_dtype:  # out of place: a cached output under recompute_elementwise
+        return torch.add(logits, bias)
+    # Cast, then add in place: CPU torch runs a mixed-dtype add (bf16 + fp32) unvectorised.
+    return logits.to(softmax_dtype).add_(bias)
 
 
 def _attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
