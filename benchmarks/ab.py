@@ -38,6 +38,11 @@ COLUMNS = (
     "saved MiB",
     "total s",
     "pairs_per_s",
+    # bench_prvr_train's `-census` rows
+    "matmul s/step",
+    "non-matmul s/step",
+    "projected % of peak @ bf16 415 GFLOP/s",
+    "peak RSS MiB (census)",
 )
 
 
