@@ -717,9 +717,7 @@ class OpCensus(TorchDispatchMode):
         proxy = self.proxy_bf16_matmuls and name in _PROXIED_OPS and _has_bf16((args, kwargs))
         start = time.perf_counter()
         if proxy:
-            upcast = functools.partial(_cast_floating, torch.bfloat16, torch.float32)
-            out = func(*tree_map(upcast, args), **tree_map(upcast, kwargs))
-            out = tree_map(functools.partial(_cast_floating, torch.float32, torch.bfloat16), out)
+            out = _proxied_in_fp32(func, args, kwargs)
             self.proxied += 1
         else:
             out = func(*args, **kwargs)
@@ -742,6 +740,20 @@ class OpCensus(TorchDispatchMode):
             name: f"{1e3 * seconds / steps:.1f} ms ({self.calls[name] / steps:g})"
             for name, seconds in ordered
         }
+
+
+def _proxied_in_fp32(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
+    """`func(*args, **kwargs)` with its bf16 tensors upcast to fp32 and its outputs rounded back
+    to bf16; an `out=` overload runs as its functional overload and copies into `out` (the
+    caller's buffer must get the result, not an fp32 copy of it)."""
+    upcast = functools.partial(_cast_floating, torch.bfloat16, torch.float32)
+    if "out" in kwargs:
+        kwargs = dict(kwargs)
+        out = kwargs.pop("out")
+        result = func.overloadpacket.default(*tree_map(upcast, args), **tree_map(upcast, kwargs))
+        return out.copy_(result)  # rounds to out's dtype
+    result = func(*tree_map(upcast, args), **tree_map(upcast, kwargs))
+    return tree_map(functools.partial(_cast_floating, torch.float32, torch.bfloat16), result)
 
 
 def _has_bf16(tree: Any) -> bool:

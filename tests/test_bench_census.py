@@ -91,3 +91,18 @@ def test_projected_share_of_peak_hand_case():
     capped = common.projected_share_of_peak(100e9, 0.5, 0.0, 125.0, 250.0)
     assert capped["matmul efficiency"] == 1.0
     assert capped["projected % of peak"] == 100.0
+
+
+def test_bf16_proxy_writes_an_out_buffer():
+    """`matmul(out=)` (a bmm.out under the mode) fills the caller's bf16 buffer with the proxied
+    product, as the training attention's backward relies on."""
+    torch.manual_seed(0)
+    a = torch.randn(2, 3, 4, 5).bfloat16()
+    b = torch.randn(2, 3, 5, 6).bfloat16()
+    out = torch.zeros(2, 3, 4, 6, dtype=torch.bfloat16)
+    census = common.OpCensus(proxy_bf16_matmuls=True)
+    with census:
+        returned = torch.matmul(a, b, out=out)
+    assert census.proxied == 1
+    assert torch.equal(out, (a.float() @ b.float()).bfloat16())
+    assert returned.data_ptr() == out.data_ptr()
