@@ -26,6 +26,7 @@ batch; each child measures the matmul rate of its precision right after its time
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import time
@@ -88,9 +89,13 @@ def batches(loader):
 def training_step(
     lit: PrvrLitModule, optimizer: Any, batch: dict[str, torch.Tensor], precision: str, update: bool
 ) -> dict[str, torch.Tensor]:
-    """Forward under `precision`'s autocast, backward and (with `update`) the optimiser step."""
+    """Forward under `precision`'s autocast, backward and (with `update`) the optimiser step;
+    a non-finite loss is an error (a step that computes garbage times nothing worth reporting)."""
     with bench.autocast(precision):
         terms = lit.training_losses(batch)
+    loss = float(terms["loss"].detach())
+    if not math.isfinite(loss):
+        raise RuntimeError(f"non-finite training loss {loss} ({precision})")
     terms["loss"].backward()
     if update:
         optimizer.step()

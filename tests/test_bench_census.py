@@ -106,3 +106,16 @@ def test_bf16_proxy_writes_an_out_buffer():
     assert census.proxied == 1
     assert torch.equal(out, (a.float() @ b.float()).bfloat16())
     assert returned.data_ptr() == out.data_ptr()
+
+
+def test_a_benchmark_step_with_a_non_finite_loss_is_an_error():
+    """bench_prvr_train's step refuses a NaN loss instead of timing garbage (the census's proxy
+    once left a gradient buffer unwritten: NaN weights a step later, still timed)."""
+    import bench_prvr_train
+
+    class NanLosses:
+        def training_losses(self, batch):
+            return {"loss": torch.tensor(float("nan"), requires_grad=True)}
+
+    with pytest.raises(RuntimeError, match="non-finite training loss nan"):
+        bench_prvr_train.training_step(NanLosses(), None, {}, "fp32", update=True)
