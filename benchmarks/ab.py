@@ -25,7 +25,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import last_json_line, load_average, machine_facts, record_result
+from common import (
+    REFERENCE_BF16_GFLOPS,
+    last_json_line,
+    load_average,
+    machine_facts,
+    projection_column,
+    record_result,
+)
 
 COLUMNS = (
     "queries/s",
@@ -41,7 +48,7 @@ COLUMNS = (
     # bench_prvr_train's `-census` rows
     "matmul s/step",
     "non-matmul s/step",
-    "projected % of peak @ bf16 415 GFLOP/s",
+    projection_column("projected % of peak", REFERENCE_BF16_GFLOPS),
     "peak RSS MiB (census)",
 )
 

@@ -89,7 +89,7 @@ class Target:
     at_peak_column: str | None = None
     # Where bf16 is emulated: the column of the `<row>-census` row that estimates the target's
     # value (shown beside "not measurable", never a verdict).
-    projected_column: str | None = None
+    census_column: str | None = None
 
 
 TARGETS = (
@@ -108,7 +108,7 @@ TARGETS = (
         "% of peak",
         ">=",
         55,
-        projected_column=PROJECTED_SHARE,
+        census_column=PROJECTED_SHARE,
     ),
     Target(
         "full model, fp32: ≥ 65 % of fp32 peak",
@@ -125,7 +125,7 @@ TARGETS = (
         "% of peak",
         ">=",
         55,
-        projected_column=PROJECTED_SHARE,
+        census_column=PROJECTED_SHARE,
     ),
     Target(
         "full model, fp32: peak RSS < MS-SL's 3.48 GB",
@@ -144,7 +144,7 @@ TARGETS = (
         "<=",
         2.5e9 / 2**20,
         batch_128=True,
-        projected_column="peak RSS MiB (census)",
+        census_column="peak RSS MiB (census)",
     ),
     Target(
         "TVR-scale eval, fp32 (default fp16 index): ≥ 65 % of fp32 peak",
@@ -220,10 +220,8 @@ def verdicts(
         if bf16_skipped and "bf16" in target.row:
             entry |= {"measured": None, "verdict": f"not measurable here ({bf16_skipped})"}
             census = None if result is None else find_row(result, f"{target.row}-census")
-            if target.projected_column and census and target.projected_column in census:
-                entry[CENSUS_COLUMN] = (
-                    f"{target.projected_column}: {census[target.projected_column]}"
-                )
+            if target.census_column and census and target.census_column in census:
+                entry[CENSUS_COLUMN] = f"{target.census_column}: {census[target.census_column]}"
         elif row is None or target.column not in row:
             entry |= {"measured": None, "verdict": "not run"}
         elif target.batch_128 and result["params"].get("batch_videos") != 128:
