@@ -12,6 +12,7 @@ from partial_relevance.losses.prvr import (
     ice_select_pairs,
     irm_neg_loss,
     irm_red_loss,
+    permute_rows,
     tcp_group_labels,
     tcp_loss,
     tcp_shuffle,
@@ -247,6 +248,42 @@ def test_tcp_shuffle_full_ratio_is_derangement_and_seeded() -> None:
     assert torch.equal(i1, i2) and torch.equal(s1, s2)
     assert (i1[0] != torch.arange(6)).all()
     assert (i1[1, :5] != torch.arange(5)).all() and i1[1, 5] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tcp_shuffle_gradient_is_gathers_gradient(dtype: torch.dtype) -> None:
+    """`permute_rows` (index_select forward, inverse-permutation backward) gives the numbers
+    of `gather` with the expanded index and its scatter_add backward, in both precisions."""
+    b, T, D = 3, 9, 5
+    x = torch.randn(b, T, D, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x.requires_grad_(True)
+    shuffled, index = tcp_shuffle(
+        x, torch.tensor([9, 7, 2]), ratio=0.5, generator=torch.Generator().manual_seed(3)
+    )
+    weights = torch.randn(b, T, D, generator=torch.Generator().manual_seed(1)).to(dtype)
+    (grad,) = torch.autograd.grad((shuffled * weights).sum(), x)
+    reference_x = x.detach().clone().requires_grad_(True)
+    reference = reference_x.gather(1, index[:, :, None].expand(b, T, D))
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), reference_x)
+    assert torch.equal(shuffled, reference)
+    assert grad.dtype == dtype and torch.equal(grad, reference_grad)
+    # Without grad the same rows, no autograd node.
+    with torch.no_grad():
+        plain, plain_index = tcp_shuffle(
+            x, torch.tensor([9, 7, 2]), ratio=0.5, generator=torch.Generator().manual_seed(3)
+        )
+    assert torch.equal(plain_index, index) and torch.equal(plain, reference)
+    assert plain.grad_fn is None
+
+
+def test_permute_rows_backward_is_the_inverse_permutation() -> None:
+    permutation = torch.tensor([2, 0, 3, 1])
+    x = torch.tensor([[1.0], [2.0], [3.0], [4.0]], requires_grad=True)
+    y = permute_rows(x, permutation)
+    assert y.squeeze(1).tolist() == [3.0, 1.0, 4.0, 2.0]
+    y.backward(torch.tensor([[10.0], [20.0], [30.0], [40.0]]))
+    # x row 0 went to y row 1, row 1 to 3, row 2 to 0, row 3 to 2.
+    assert x.grad.squeeze(1).tolist() == [20.0, 40.0, 10.0, 30.0]
 
 
 def test_tcp_loss_ignores_padding_uniform_logits() -> None:

@@ -21,6 +21,7 @@ One function per paper equation, pure functions on tensors:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -345,8 +346,36 @@ def tcp_shuffle(
     nxt = torch.where(rank + 1 < k, rank + 1, torch.zeros_like(rank))  # (a + 1) mod k
     src = torch.where(chosen, order.gather(1, nxt), order)  # [b, T]
     index = torch.empty_like(order).scatter_(1, order, src)  # index[order[a]] = order[a+1]
-    shuffled = x.gather(1, index[:, :, None].expand(b, T, D))  # [b, T, D]
+    rows = (index + T * torch.arange(b, device=device)[:, None]).reshape(-1)  # [b·T] into x's rows
+    shuffled = permute_rows(x.reshape(b * T, D), rows).view(b, T, D)  # [b, T, D]
     return shuffled, index
+
+
+class _PermuteRows(torch.autograd.Function):
+    """y = x[permutation] over the rows of x [N, D]; the gradient is the inverse permutation
+    of y's (each row of x lands in exactly one row of y)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, permutation: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, permutation)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def permute_rows(x: Tensor, permutation: Tensor) -> Tensor:
+    """x[permutation] for x [N, D] and a permutation [N] of 0..N-1 -> [N, D]; forward and
+    backward one `index_select` each, the same numbers as `gather` with an expanded [b, T, D]
+    index and its `scatter_add` backward, which CPU torch runs 3-5x slower (`tcp_shuffle`
+    forward + backward on [128, 128, 384], 2-core EPYC: fp32 24 -> 9 ms, bf16 27 -> 5 ms)."""
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return x.index_select(0, permutation)
+    positions = torch.arange(len(permutation), device=permutation.device)
+    inverse = torch.empty_like(permutation).scatter_(0, permutation, positions)
+    return _PermuteRows.apply(x, permutation, inverse)
 
 
 def tcp_loss(
