@@ -16,6 +16,7 @@ from partial_relevance.models.layers import (
     Dropout,
     FeatureProjection,
     TransformerLayer,
+    _masked_in,
     dropout_attention,
     dropout_linear,
     gelu_dropout_linear,
@@ -286,6 +287,28 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
     torch.manual_seed(1)
     with autocast:
         assert torch.equal(dropout_attention(qkv.permute(2, 0, 3, 1, 4), allowed, p), out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_masking_after_the_cast_gives_the_numbers_of_masking_before(dtype):
+    """`_masked_in` casts, then masks in the narrower type: bit for bit what masking in fp32
+    and casting gives (a product by 0 or 1 commutes with rounding), NaN, inf and signed zeros
+    included; with `keep_input` the input is never written."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 1 << 12) * 1e3
+    x[0, :4] = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0])
+    keep = torch.rand(x.shape) < 0.7
+    keep[0, :4] = False
+    expected = masked(x, keep).to(dtype)
+    original = x.clone()
+    out = _masked_in(x, keep, dtype, keep_input=True)
+
+    def bits(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1).view(torch.uint8)
+
+    assert out.dtype == dtype and torch.equal(bits(x), bits(original))
+    assert torch.equal(bits(out), bits(expected))
+    assert torch.equal(bits(_masked_in(x.clone(), keep, dtype)), bits(expected))
 
 
 def test_dropout_attention_masks_keys_as_an_additive_bias_like_sdpa():
