@@ -78,6 +78,29 @@ def test_ice_select_ties_to_lowest_index() -> None:
     assert m.tolist() == [0, 1] and q.tolist() == [0, 1]
 
 
+def test_ice_select_in_bf16_mines_what_bf16_argmaxes_and_threshold_give() -> None:
+    """A bf16 similarity (autocast's) is mined on its own values: ties, argmaxes and the β_t
+    comparison (the threshold rounded to bf16, as a bf16 tensor compares) as in bf16 itself."""
+    gen = torch.Generator().manual_seed(0)
+    cos = (torch.rand(64, 24, generator=gen) * 0.5).bfloat16()  # many ties in bf16
+    cos[5, 3] = cos[9, 3] = 0.5  # a tie for query 3's best moment: the lower index wins
+    same = torch.rand(64, 24, generator=gen) < 0.1
+    same[5, 3] = same[9, 3] = False
+    threshold = 0.2  # bf16(0.2) = 0.2002: a bf16 value of 0.2002 is not above it
+    cos[20, :] = cos[:, 7] = 0.0  # (m20, q7) a mutual pair at exactly bf16(0.2)
+    cos[20, 7], same[20, :], same[:, 7] = threshold, False, False
+
+    S = cos.masked_fill(same, -1.0)  # the selection spelled out in bf16
+    best_query, best_moment = S.argmax(dim=1), S.argmax(dim=0)
+    queries = torch.arange(24)
+    keep = (best_query[best_moment] == queries) & ~same[best_moment, queries]
+    keep &= S[best_moment, queries] > threshold
+    m, q = ice_select_pairs(cos, same, threshold)
+    assert m.tolist() == best_moment[keep].tolist() and q.tolist() == queries[keep].tolist()
+    assert best_moment[3] == 5 and len(q) > 0
+    assert best_moment[7] == 20 and best_query[20] == 7 and 7 not in q.tolist()
+
+
 def test_ice_select_never_keeps_own_video_when_everything_is_masked() -> None:
     # One video in the batch: every entry is masked to -1, no pair survives even with None.
     m, q = ice_select_pairs(torch.rand(4, 2), torch.ones(4, 2, dtype=torch.bool), None)
