@@ -107,16 +107,25 @@ def training_step(
 def census_row(
     args: argparse.Namespace, lit: PrvrLitModule, optimizer: Any, stream: Any, precision: str
 ) -> dict[str, Any]:
-    """A `-census` configuration: --warmup then --steps training steps, each under
-    `common.OpCensus` (bf16 products proxied in fp32 where this CPU has no bf16 units), and
-    one more counting FLOPs -> the matmul / non-matmul seconds a step, the slowest non-matmul
-    ops, for bf16 the step's share of `--reference-bf16-gflops` projected from them, the peak
-    RSS (an upper bound of a bf16 step's where products are proxied) and, with --memory, the
-    saved activations of one more step (what a bf16 step saves: a proxy returns bf16)."""
+    """A `-census` configuration: --warmup (twice where proxied) then --steps training steps,
+    each under `common.OpCensus` (bf16 products proxied in fp32 where this CPU has no bf16
+    units), and one more counting FLOPs -> the matmul / non-matmul seconds a step, the slowest
+    non-matmul ops, for bf16 the step's share of `--reference-bf16-gflops` projected from them,
+    the peak RSS after the first warm-up steps (proxied blockwise there: a bf16 step's to
+    within a few fp32 blocks) and, with --memory, the saved activations of one more step (what
+    a bf16 step saves: a proxy returns bf16)."""
     # The suite's own test of bf16 units (as the training warning uses); where it cannot tell,
     # proxy too: an emulated bf16 step at batch 128 would take ~10 min.
     proxy = precision == "bf16" and cpu_has_bf16_units() is not True
-    for _ in range(args.warmup):
+    # First --warmup steps (at least one) proxied blockwise (`lean`): the peak RSS read after
+    # them exceeds a bf16 step's by at most a few fp32 blocks (`common.LEAN_BLOCK_BYTES`), not
+    # by whole products' fp32 copies as the timed steps' proxies hold. Then --warmup steps as
+    # timed, so that the heap has grown to the timed steps' working size before they start.
+    for _ in range(max(1, args.warmup)):
+        with bench.OpCensus(proxy, lean=True):
+            training_step(lit, optimizer, next(stream), precision, update=True)
+    peak_rss = bench.peak_rss_mb()
+    for _ in range(args.warmup if proxy else 0):
         with bench.OpCensus(proxy):
             training_step(lit, optimizer, next(stream), precision, update=True)
     census = bench.OpCensus(proxy)
@@ -124,9 +133,6 @@ def census_row(
         with census:
             training_step(lit, optimizer, next(stream), precision, update=True)
     matmul_s, other_s, ops = (value / args.steps for value in census.totals())
-    # With bf16 products proxied every proxied product holds fp32 copies of its operands and
-    # output for its duration on top of what a bf16 step holds: an upper bound of its peak.
-    peak_rss = bench.peak_rss_mb()
     ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
     ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
     with bench.count_flops() as counter, bench.OpCensus(proxy):

@@ -704,9 +704,14 @@ class OpCensus(TorchDispatchMode):
     step's (idle threads wake up for every op): its non-matmul seconds are an upper bound.
     """
 
-    def __init__(self, proxy_bf16_matmuls: bool = False) -> None:
+    def __init__(self, proxy_bf16_matmuls: bool = False, lean: bool = False) -> None:
+        """`lean`: proxies run blockwise (`_proxied_in_blocks`), so that their fp32 temporaries stay
+        within a few `LEAN_BLOCK_BYTES` blocks and the step's peak RSS is that of a bf16 step
+        to within them (the blocks add calls: time such steps for memory only)."""
         super().__init__()
         self.proxy_bf16_matmuls = proxy_bf16_matmuls
+        self.lean = lean
+        self.blocked = 0  # proxies run in blocks (the others ran whole)
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.proxied = 0
@@ -717,7 +722,10 @@ class OpCensus(TorchDispatchMode):
         proxy = self.proxy_bf16_matmuls and name in _PROXIED_OPS and _has_bf16((args, kwargs))
         start = time.perf_counter()
         if proxy:
-            out = _proxied_in_fp32(func, args, kwargs)
+            out = _proxied_in_blocks(func, args, kwargs) if self.lean else None
+            self.blocked += out is not None
+            if out is None:
+                out = _proxied_in_fp32(func, args, kwargs)
             self.proxied += 1
         else:
             out = func(*args, **kwargs)
@@ -754,6 +762,82 @@ def _proxied_in_fp32(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
         return out.copy_(result)  # rounds to out's dtype
     result = func(*tree_map(upcast, args), **tree_map(upcast, kwargs))
     return tree_map(functools.partial(_cast_floating, torch.float32, torch.bfloat16), result)
+
+
+# A lean proxy's fp32 temporaries: each upcast operand block and each fp32 output block at most
+# this many bytes (beyond an operand the chosen blocking leaves whole, which in a Linear or an
+# attention product is a weight or one batch item), so a lean census step holds at most a few
+# such blocks more than a bf16 step instead of a whole product's fp32 operands and output
+# (up to ~120 MiB for the FFN's weight gradient at batch 128).
+LEAN_BLOCK_BYTES = 8 << 20
+
+
+def _blocks(total: int, unit_bytes: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges over `total` units, each block at most LEAN_BLOCK_BYTES (>= 1 unit)."""
+    step = max(1, LEAN_BLOCK_BYTES // max(1, unit_bytes))
+    return [(lo, min(total, lo + step)) for lo in range(0, total, step)]
+
+
+def _proxied_in_blocks(func: Any, args: Any, kwargs: dict[str, Any]) -> Any | None:
+    """`_proxied_in_fp32` blockwise: mm along whichever of M, N, K leaves the smallest operand
+    whole (along K the fp32 partial products are summed in fp32, then rounded once), bmm and
+    baddbmm along the batch, addmm along M; None for other ops and overloads (proxied whole).
+    The numbers of the whole proxy to fp32 rounding; a bf16 output is written block by block."""
+    name, overload = func.overloadpacket.__name__, func._overloadname
+    scalars = {key: kwargs[key] for key in ("beta", "alpha") if key in kwargs}
+    if overload not in ("default", "out") or set(kwargs) - {"out", *scalars}:
+        return None
+    out = kwargs.get("out")
+    if name == "mm":
+        return _lean_mm(*args, out=out)
+    if name == "bmm":
+        a, b = args
+        result = _empty_result(out, (a.shape[0], a.shape[1], b.shape[2]), a)
+        unit = 4 * (a[0].numel() + b[0].numel() + a.shape[1] * b.shape[2])
+        for lo, hi in _blocks(a.shape[0], unit):
+            result[lo:hi] = torch.bmm(a[lo:hi].float(), b[lo:hi].float())
+        return result
+    if name in ("addmm", "baddbmm") and len(args) == 3:
+        bias, a, b = args
+        rows = a.shape[:-1] + b.shape[-1:]  # [M, N] or [B, M, N]
+        result = _empty_result(out, rows, a)
+        full_bias = bias.expand(rows)
+        op = torch.addmm if name == "addmm" else torch.baddbmm
+        per_row = a[0].numel() + (b[0].numel() if name == "baddbmm" else 0) + rows[1:].numel()
+        for lo, hi in _blocks(rows[0], 4 * per_row):
+            b_block = b if name == "addmm" else b[lo:hi]
+            result[lo:hi] = op(
+                full_bias[lo:hi].float(), a[lo:hi].float(), b_block.float(), **scalars
+            )
+        return result
+    return None
+
+
+def _empty_result(out: torch.Tensor | None, shape: Any, like: torch.Tensor) -> torch.Tensor:
+    """The caller's `out=` buffer, or a new tensor of `like`'s dtype (bf16) to fill."""
+    return out if out is not None else like.new_empty(tuple(shape))
+
+
+def _lean_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] @ b [K, N] in fp32 blocks, rounded into a's dtype (or `out`)."""
+    (M, K), N = a.shape, b.shape[1]
+    result = _empty_result(out, (M, N), a)
+    whole = {"M": K * N, "N": M * K, "K": M * N}  # what each blocking keeps whole (elements)
+    along = min(whole, key=whole.__getitem__)
+    if along == "M":
+        b32 = b.float()
+        for lo, hi in _blocks(M, 4 * (K + N)):
+            result[lo:hi] = a[lo:hi].float() @ b32
+    elif along == "N":
+        a32 = a.float()
+        for lo, hi in _blocks(N, 4 * (K + M)):
+            result[:, lo:hi] = a32 @ b[:, lo:hi].float()
+    else:
+        total = torch.zeros(M, N, dtype=torch.float32, device=a.device)
+        for lo, hi in _blocks(K, 4 * (M + N)):
+            total.addmm_(a[:, lo:hi].float(), b[lo:hi].float())
+        result.copy_(total)
+    return result
 
 
 def _has_bf16(tree: Any) -> bool:

@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    LEAN_BLOCK_BYTES,
     REFERENCE_BF16_GFLOPS,
     last_json_line,
     machine_facts,
@@ -325,8 +326,9 @@ def main() -> int:
         f"bf16): the step's share of host A's bf16 rate ({REFERENCE_BF16_GFLOPS:g} GFLOP/s, "
         "issue #19) projected from its non-matmul seconds measured here (an upper bound: the "
         f"census times each op alone) plus its FLOPs at {REFERENCE_BF16_GFLOPS:g} GFLOP/s × "
-        "the matmul efficiency measured here; the peak RSS with the proxies' fp32 copies (an "
-        "upper bound of a bf16 step's); estimates, not verdicts",
+        "the matmul efficiency measured here; the peak RSS after warm-up steps whose proxies "
+        "ran in fp32 blocks (a bf16 step's to within a few blocks of "
+        f"{LEAN_BLOCK_BYTES >> 20} MiB); estimates, not verdicts",
     ]
     record_result(
         "run_all",

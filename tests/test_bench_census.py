@@ -119,3 +119,64 @@ def test_a_benchmark_step_with_a_non_finite_loss_is_an_error():
 
     with pytest.raises(RuntimeError, match="non-finite training loss nan"):
         bench_prvr_train.training_step(NanLosses(), None, {}, "fp32", update=True)
+
+
+@pytest.mark.parametrize(
+    "a_shape, b_shape, along",
+    [((300, 40), (40, 8), "M"), ((8, 40), (40, 300), "N"), ((8, 300), (300, 6), "K")],
+)
+def test_lean_proxy_mm_in_blocks_gives_the_proxys_product(monkeypatch, a_shape, b_shape, along):
+    """A lean proxy's mm, blocked along M, N or K (whichever leaves the smallest operand
+    whole; K's blocks summed in fp32), equals the whole fp32 product rounded to bf16 (to one
+    bf16 rounding step) and never upcasts more than one block of the blocked operands."""
+    monkeypatch.setattr(common, "LEAN_BLOCK_BYTES", 4 * 64)  # 64 fp32 elements a block
+    torch.manual_seed(0)
+    a, b = torch.randn(a_shape).bfloat16(), torch.randn(b_shape).bfloat16()
+    largest: list[int] = []
+    original_float = torch.Tensor.float
+
+    def recording_float(t: torch.Tensor) -> torch.Tensor:
+        largest.append(t.numel())
+        return original_float(t)
+
+    monkeypatch.setattr(torch.Tensor, "float", recording_float)
+    census = common.OpCensus(proxy_bf16_matmuls=True, lean=True)
+    with census:
+        product = a @ b
+    monkeypatch.setattr(torch.Tensor, "float", original_float)
+    expected = (a.float() @ b.float()).bfloat16()
+    assert census.proxied == census.blocked == 1 and product.dtype == torch.bfloat16
+    torch.testing.assert_close(product, expected, rtol=8e-3, atol=1e-2)
+    whole = {"M": b.numel(), "N": a.numel(), "K": 0}[along]  # the operand left whole
+    blocked = [n for n in largest if n != whole]
+    assert len(blocked) >= 2 and max(blocked) <= 64  # blocks of at most 64 elements each
+
+
+def test_lean_proxy_addmm_bmm_baddbmm_and_out_buffers():
+    """addmm (broadcast bias, beta and alpha), bmm, baddbmm and a bmm.out through a lean proxy
+    give the unblocked proxy's numbers and bf16 outputs; `out=` is filled and returned."""
+    torch.manual_seed(0)
+    a, w, bias = torch.randn(50, 16).bfloat16(), torch.randn(16, 7).bfloat16(), torch.randn(7)
+    x, y = torch.randn(6, 5, 4).bfloat16(), torch.randn(6, 4, 3).bfloat16()
+    base = torch.randn(1, 5, 3).bfloat16()
+    out = torch.zeros(6, 5, 3, dtype=torch.bfloat16)
+    original = common.LEAN_BLOCK_BYTES
+    common.LEAN_BLOCK_BYTES = 4 * 40  # blocks of a few rows
+    try:
+        with common.OpCensus(proxy_bf16_matmuls=True, lean=True) as census:
+            linear = torch.addmm(bias.bfloat16(), a, w)
+            scaled = torch.addmm(bias.bfloat16(), a, w, beta=0.5, alpha=2.0)
+            batched = torch.bmm(x, y)
+            added = torch.baddbmm(base, x, y)
+            returned = torch.bmm(x, y, out=out)
+    finally:
+        common.LEAN_BLOCK_BYTES = original
+    a32, w32, x32, y32 = a.float(), w.float(), x.float(), y.float()
+    b32 = bias.bfloat16().float()
+    assert census.proxied == 5 and census.blocked == 5  # beta and alpha too
+    assert torch.equal(linear, torch.addmm(b32, a32, w32).bfloat16())
+    torch.testing.assert_close(scaled, (0.5 * b32 + 2.0 * (a32 @ w32)).bfloat16())
+    assert torch.equal(batched, torch.bmm(x32, y32).bfloat16())
+    assert torch.equal(added, torch.baddbmm(base.float(), x32, y32).bfloat16())
+    assert returned.data_ptr() == out.data_ptr() and torch.equal(out, batched)
+    assert {t.dtype for t in (linear, scaled, batched, added)} == {torch.bfloat16}
