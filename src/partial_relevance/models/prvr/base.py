@@ -135,10 +135,14 @@ class PrvrBaseModel(nn.Module):
         return _similarity(q, enc.clips, sim).max(dim=-1)  # [n, b, Tm] -> [n, b]
 
     def target_moments(self, q: Tensor, enc: PrvrVideoEncoding, positive: Tensor) -> Tensor:
-        """m^t of each query in its own video (cosine argmax, Eq. 4) -> [n, D]."""
-        own_clips = enc.clips[positive]  # [n, Tm, D]
-        index = torch.einsum("nd,ntd->nt", l2_normalize(q), l2_normalize(own_clips)).argmax(1)
-        return own_clips[torch.arange(len(q), device=q.device), index]
+        """m^t of each query in its own video (cosine argmax, Eq. 4) -> [n, D]. The argmax is
+        an index (no gradient): it runs without autograd, and only the n chosen clips are
+        gathered with one, not the n·Tm clips of the queries' videos (whose backward
+        scattered n·Tm·D mostly-zero values back)."""
+        with torch.no_grad():
+            own_clips = l2_normalize(enc.clips[positive])  # [n, Tm, D]
+            index = torch.einsum("nd,ntd->nt", l2_normalize(q), own_clips).argmax(1)  # [n]
+        return enc.clips[positive, index]
 
     def video_scores(self, q: Tensor, enc: PrvrVideoEncoding, sim: str = "cos") -> Tensor:
         """Eq. 3: S_v = sim(v, q) -> [n, b]."""
