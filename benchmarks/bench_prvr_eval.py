@@ -11,7 +11,10 @@ Trainer runs, loaders yielding longest first); scoring through
 `chunked_ranks`). Configurations (`model.evaluation.precision` / `index_dtype`): `fp32`
 (fp32 index), `fp32-fp16index` (the default: fp16 index, fp32 accumulation) and
 `bf16-fp16index` (a bf16 copy of the net encodes); each runs in its own child process (own
-peak RSS).
+peak RSS). A `-census` suffix (`bf16-fp16index-census`) runs the evaluation under
+`common.OpCensus` instead: on a CPU without bf16 units its bf16 products run in fp32 (the rest
+as in bf16), and the TVR-scale evaluation's share of a reference bf16 rate is projected from
+each stage's census (`tvr_scale_projection`): an estimate for another host, not a timing.
 
     .venv/bin/python benchmarks/bench_prvr_eval.py                   # 0.25 × TVR
     .venv/bin/python benchmarks/bench_prvr_eval.py --scale 1         # full TVR size
@@ -35,6 +38,7 @@ import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 
 from partial_relevance.lit.prvr import PrvrLitModule
+from partial_relevance.models.precision import cpu_has_bf16_units
 from partial_relevance.models.prvr import PrvrBaseModel
 
 TVR_VIDEOS = 2179
@@ -45,6 +49,46 @@ CONFIGS = {
     "fp32-fp16index": ("fp32", "float16"),  # the default
     "bf16-fp16index": ("bf16", "float16"),
 }
+CENSUS = "-census"
+STAGES = ("video", "query", "scoring")
+
+
+def known_config(name: str) -> bool:
+    """A configuration of CONFIGS, or one with the `-census` suffix."""
+    return name.removesuffix(CENSUS) in CONFIGS
+
+
+def stage_factors(videos: int, queries: int) -> dict[str, float]:
+    """Each stage's work at TVR size over its work here: encoding scales with videos or
+    queries, scoring with queries × videos (as `extrapolate` scales them)."""
+    fv, fq = TVR_VIDEOS / videos, TVR_QUERIES / queries
+    return {"video": fv, "query": fq, "scoring": fv * fq}
+
+
+def tvr_scale_projection(
+    stages: dict[str, dict[str, float]],
+    order_s: float,
+    videos: int,
+    queries: int,
+    ran_gflops: float,
+    reference_gflops: float,
+) -> dict[str, float]:
+    """The TVR-scale evaluation's share of `reference_gflops`, projected from a census of each
+    stage (`stages[name]`: wall s, matmul s, GFLOP, all measured here): everything but the
+    products (non-matmul ops, reads, Python: wall − matmul) as measured, each stage scaled to
+    TVR size (`stage_factors`; building the loaders with the queries), the products at the
+    reference rate × their efficiency measured here (`common.projected_share_of_peak`).
+
+    -> {"TVR-scale GFLOP", "matmul efficiency", "projected step s", "projected % of peak"}."""
+    factor = stage_factors(videos, queries)
+    flops = sum(factor[n] * stages[n]["gflop"] for n in STAGES)
+    matmul_s = sum(factor[n] * stages[n]["matmul"] for n in STAGES)
+    rest_s = sum(factor[n] * (stages[n]["wall"] - stages[n]["matmul"]) for n in STAGES)
+    rest_s += order_s * factor["query"]
+    projected = bench.projected_share_of_peak(
+        flops * 1e9, matmul_s, rest_s, ran_gflops, reference_gflops
+    )
+    return {"TVR-scale GFLOP": round(flops, 1), **projected}
 
 
 def encode(lit: PrvrLitModule, loader, dataloader_idx: int) -> tuple[float, float, int]:
@@ -79,7 +123,7 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     assert dm.corpus is not None
     sizes = {"video_dim": dm.corpus.video_dim, "query_dim": dm.corpus.query_dim}
     net = PrvrBaseModel(**{**bench.net_arguments("prvr"), **sizes, "hidden_dim": args.hidden})
-    precision, index_dtype = CONFIGS[args.config]
+    precision, index_dtype = CONFIGS[args.config.removesuffix(CENSUS)]
     evaluation = [f"model.evaluation.precision={precision}"]
     evaluation.append(f"model.evaluation.index_dtype={index_dtype}")
     sections = bench.model_sections("prvr", evaluation)
@@ -106,6 +150,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
             score_s = time.perf_counter() - start
         return [video_s, video_read_s, query_s, score_s], [n_videos, n_queries, index, metrics]
 
+    if args.config.endswith(CENSUS):
+        return census_row(args, evaluate, order_s, precision)
     (video_s, video_read_s, query_s, score_s), (n_videos, n_queries, index, metrics) = evaluate()
     peak = (
         bench.sustained_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1e9
@@ -146,6 +192,66 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         "SumR (random model)": round(metrics["SumR"], 2),
         "load avg": bench.load_average()[:1],
     }
+
+
+def census_row(
+    args: argparse.Namespace, evaluate: Any, order_s: float, precision: str
+) -> dict[str, Any]:
+    """A `-census` configuration: one evaluation with each stage under `common.OpCensus`
+    (bf16 products proxied in fp32 where this CPU has no bf16 units) and a second counting
+    each stage's FLOPs -> seconds of products, of the other ops and outside any op (reads,
+    Python), and for bf16 the TVR-scale evaluation's share of `--reference-bf16-gflops`
+    projected from them (`tvr_scale_projection`)."""
+    proxy = precision == "bf16" and cpu_has_bf16_units() is not True
+    stages: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        census = bench.OpCensus(proxy)
+        start = time.perf_counter()
+        with census:
+            yield
+        matmul_s, other_s, _ = census.totals()
+        wall = time.perf_counter() - start
+        stages[name] = {"wall": wall, "matmul": matmul_s, "ops": other_s}
+
+    @contextlib.contextmanager
+    def counted(name: str) -> Iterator[None]:
+        with bench.count_flops() as counter, bench.OpCensus(proxy):
+            yield
+        stages[name]["gflop"] = counter.get_total_flops() / 1e9
+
+    _, (n_videos, n_queries, _, metrics) = evaluate(timed)
+    ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
+    ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
+    evaluate(counted)
+    row: dict[str, Any] = {
+        "config": args.config,
+        "videos": n_videos,
+        "queries": n_queries,
+        "products ran as": str(ran_as).replace("torch.", "")
+        + (" (bf16 proxied: no bf16 units known)" if proxy else ""),
+        "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),
+        "non-matmul s": round(sum(s["ops"] for s in stages.values()), 3),
+        "outside ops s": round(
+            order_s + sum(s["wall"] - s["matmul"] - s["ops"] for s in stages.values()), 3
+        ),
+        "GFLOP": round(sum(s["gflop"] for s in stages.values()), 1),
+        "matmul GFLOP/s": round(ran_gflops, 1),
+        "stages [wall s, matmul s, non-matmul s, GFLOP]": {
+            name: [round(stages[name][key], 3) for key in ("wall", "matmul", "ops", "gflop")]
+            for name in STAGES
+        },
+    }
+    if precision == "bf16":
+        reference = args.reference_bf16_gflops
+        projected = tvr_scale_projection(
+            stages, order_s, n_videos, n_queries, ran_gflops, reference
+        )
+        row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
+    row["SumR (random model)"] = round(metrics["SumR"], 2)
+    row["load avg"] = bench.load_average()[:1]
+    return row
 
 
 def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +297,13 @@ def main() -> None:
     parser.add_argument("--max-frames", type=int, default=100, help="generated frames, max")
     parser.add_argument("--eval-batch", type=int, default=256, help="queries per eval batch")
     parser.add_argument("--eval-video-batch", type=int, default=64, help="videos per eval batch")
+    parser.add_argument(
+        "--reference-bf16-gflops",
+        type=float,
+        default=bench.REFERENCE_BF16_GFLOPS,
+        help="bf16 matmul rate a `-census` bf16 row projects its share of peak at (default: "
+        "issue #19's host A, a 2-core EPYC with avx512_bf16)",
+    )
     args = parser.parse_args()
     if args.root is None and not args.child:
         args.split = "val"  # the generated collection's evaluated split
@@ -201,6 +314,8 @@ def main() -> None:
         return layout_from_args(args, {"val": videos, "train": 0}, frames, {"train": "val"})
 
     def after_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+        if row["config"].endswith(CENSUS):  # its projection is already at TVR scale
+            return []
         if row["videos"] < TVR_VIDEOS or row["queries"] < TVR_QUERIES:
             print(extrapolate(row), flush=True)
             return [extrapolate(row)]
@@ -210,8 +325,11 @@ def main() -> None:
         parser,
         args,
         script=__file__,
-        known=CONFIGS.__contains__,
-        child_args=("split", "eval_batch", "eval_video_batch", "num_workers", "hidden"),
+        known=known_config,
+        child_args=(
+            *("split", "eval_batch", "eval_video_batch", "num_workers", "hidden"),
+            "reference_bf16_gflops",
+        ),
         layout=layout,
         run_child=run_child,
         after_row=after_row,

@@ -62,11 +62,12 @@ QUICK_ARGS = {
 BF16_USABLE_SHARE = 0.5
 FP32_ONLY_ARGS = {
     "bench_prvr_train": ["--configs", "base-fp32,full-fp32,base-bf16-census,full-bf16-census"],
-    "bench_prvr_eval": ["--configs", "fp32,fp32-fp16index"],
+    "bench_prvr_eval": ["--configs", "fp32,fp32-fp16index,bf16-fp16index-census"],
     "bench_vcmr_inference": ["--precisions", "fp32"],
 }
 MS_SL_PEAK_RSS_MIB = 3.48e9 / 2**20  # MS-SL's training peak RSS, 3.48 GB (issue #19)
-# bench_prvr_train's `-census` column: the bf16 step's share of host A's bf16 rate, projected.
+# The `-census` rows' column (bench_prvr_train, bench_prvr_eval): the bf16 step's or the
+# TVR-scale evaluation's share of host A's bf16 rate, projected.
 PROJECTED_SHARE = projection_column("projected % of peak", REFERENCE_BF16_GFLOPS)
 # The verdict row's entry that shows a bf16 target's census estimate where bf16 is emulated.
 CENSUS_COLUMN = "bf16 census estimate"
@@ -162,6 +163,7 @@ TARGETS = (
         "% of peak",
         ">=",
         50,
+        census_column=PROJECTED_SHARE,
     ),
     Target(
         "VCMR over TVR val, fp32: ≤ 10 min",
@@ -321,14 +323,16 @@ def main() -> int:
         "evaluation from the extrapolated row when bench_prvr_eval ran below --scale 1",
         f"wall seconds per benchmark: {seconds}",
         f"bf16 rows: {'skipped, ' + bf16_skipped if bf16_skipped else 'run'}",
-        f"{CENSUS_COLUMN}: where bf16 is emulated, bench_prvr_train's `-census` row of the "
-        "target's configuration (bf16 products proxied in fp32, the rest of the step run in "
-        f"bf16): the step's share of host A's bf16 rate ({REFERENCE_BF16_GFLOPS:g} GFLOP/s, "
-        "issue #19) projected from its non-matmul seconds measured here (an upper bound: the "
-        f"census times each op alone) plus its FLOPs at {REFERENCE_BF16_GFLOPS:g} GFLOP/s × "
-        "the matmul efficiency measured here; the peak RSS after warm-up steps whose proxies "
-        "ran in fp32 blocks (a bf16 step's to within a few blocks of "
-        f"{LEAN_BLOCK_BYTES >> 20} MiB); estimates, not verdicts",
+        f"{CENSUS_COLUMN}: where bf16 is emulated, the `-census` row of the target's "
+        "configuration (bench_prvr_train, bench_prvr_eval; bf16 products proxied in fp32, "
+        "the rest run in bf16): the training step's or the TVR-scale evaluation's share of "
+        f"host A's bf16 rate ({REFERENCE_BF16_GFLOPS:g} GFLOP/s, issue #19) projected from "
+        "the seconds of everything but the products measured here (an upper bound: the "
+        "census times each op alone; the evaluation's stages scaled to TVR size) plus the "
+        f"FLOPs at {REFERENCE_BF16_GFLOPS:g} GFLOP/s × the matmul efficiency measured here; "
+        "the peak RSS after warm-up steps whose proxies ran in fp32 blocks (a bf16 step's to "
+        f"within a few blocks of {LEAN_BLOCK_BYTES >> 20} MiB); estimates, not verdicts; the "
+        "VCMR bf16 target has no census",
     ]
     record_result(
         "run_all",

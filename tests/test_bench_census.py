@@ -180,3 +180,28 @@ def test_lean_proxy_addmm_bmm_baddbmm_and_out_buffers():
     assert torch.equal(added, torch.baddbmm(base.float(), x32, y32).bfloat16())
     assert returned.data_ptr() == out.data_ptr() and torch.equal(out, batched)
     assert {t.dtype for t in (linear, scaled, batched, added)} == {torch.bfloat16}
+
+
+def test_tvr_scale_projection_of_an_evaluation_census_hand_case():
+    """Stages measured on all 2,179 videos and a fifth of the queries (factors: videos 1,
+    queries 5, scoring 5): 100 + 5·60 + 5·8 = 440 GFLOP; products 2 + 5·1 + 5·0.2 = 8 s here
+    at 110 GFLOP/s (efficiency 0.5); the rest (wall − products) 1 + 5·0.5 + 5·0.3 and the
+    loaders 5·0.1 = 5.5 s. At 220 GFLOP/s the products take 440 / (220 · 0.5) = 4 s, the
+    evaluation 9.5 s, 440 / 9.5 = 46.3 GFLOP/s = 21.1 % of 220."""
+    import bench_prvr_eval
+
+    stages = {
+        "video": {"wall": 3.0, "matmul": 2.0, "gflop": 100.0},
+        "query": {"wall": 1.5, "matmul": 1.0, "gflop": 60.0},
+        "scoring": {"wall": 0.5, "matmul": 0.2, "gflop": 8.0},
+    }
+    queries = bench_prvr_eval.TVR_QUERIES // 5
+    projected = bench_prvr_eval.tvr_scale_projection(
+        stages, 0.1, bench_prvr_eval.TVR_VIDEOS, queries, 110.0, 220.0
+    )
+    assert projected["TVR-scale GFLOP"] == 440.0
+    assert projected["matmul efficiency"] == 0.5
+    assert projected["projected step s"] == pytest.approx(9.5)
+    assert projected["projected % of peak"] == 21.1
+    assert bench_prvr_eval.known_config("bf16-fp16index-census")
+    assert not bench_prvr_eval.known_config("bf16-census")

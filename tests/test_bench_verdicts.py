@@ -83,3 +83,11 @@ def test_emulated_bf16_shows_the_census_projection_beside_not_measurable():
     assert estimate not in rows["base model, bf16: ≥ 55 % of bf16 peak"]  # no base census row
     assert estimate not in rows["TVR-scale eval, bf16: ≥ 50 % of bf16 peak"]
     assert run_all.PROJECTED_SHARE == "projected % of peak @ bf16 415 GFLOP/s"
+    # The evaluation's census row (bench_prvr_eval, projected at TVR scale) likewise.
+    evaluation = {"config": "bf16-fp16index-census", run_all.PROJECTED_SHARE: 46.4}
+    eval_result = {"rows": [evaluation]}
+    rows = {r["target"]: r for r in run_all.verdicts({"bench_prvr_eval": eval_result}, "emulated")}
+    tvr = rows["TVR-scale eval, bf16: ≥ 50 % of bf16 peak"]
+    assert tvr["verdict"].startswith("not measurable") and tvr["measured"] is None
+    assert tvr[estimate] == "projected % of peak @ bf16 415 GFLOP/s: 46.4"
+    assert estimate not in rows["VCMR over TVR val, bf16: ≤ 5 min"]
