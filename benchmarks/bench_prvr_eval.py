@@ -77,18 +77,14 @@ def tvr_scale_projection(
     stage (`stages[name]`: wall s, matmul s, GFLOP, all measured here): everything but the
     products (non-matmul ops, reads, Python: wall − matmul) as measured, each stage scaled to
     TVR size (`stage_factors`; building the loaders with the queries), the products at the
-    reference rate × their efficiency measured here (`common.projected_share_of_peak`).
+    reference rate × their efficiency measured here (`common.projected_from_stages`).
 
     -> {"TVR-scale GFLOP", "matmul efficiency", "projected step s", "projected % of peak"}."""
-    factor = stage_factors(videos, queries)
-    flops = sum(factor[n] * stages[n]["gflop"] for n in STAGES)
-    matmul_s = sum(factor[n] * stages[n]["matmul"] for n in STAGES)
-    rest_s = sum(factor[n] * (stages[n]["wall"] - stages[n]["matmul"]) for n in STAGES)
-    rest_s += order_s * factor["query"]
-    projected = bench.projected_share_of_peak(
-        flops * 1e9, matmul_s, rest_s, ran_gflops, reference_gflops
+    factors = stage_factors(videos, queries)
+    projected = bench.projected_from_stages(
+        stages, factors, order_s * factors["query"], ran_gflops, reference_gflops
     )
-    return {"TVR-scale GFLOP": round(flops, 1), **projected}
+    return {"TVR-scale GFLOP": projected.pop("GFLOP"), **projected}
 
 
 def encode(lit: PrvrLitModule, loader, dataloader_idx: int) -> tuple[float, float, int]:

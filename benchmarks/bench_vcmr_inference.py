@@ -13,7 +13,11 @@ so the extrapolated TVR val time is that of TVR val's own lengths; `uniform` dra
   (`VideoCache.build`, timed separately), then `predict_queries` per query batch, pairs
   grouped by video length — what validation and `run_vcmr` do;
 - `no_cache fp32`: each (query, video) pair's video re-encoded from its raw features (a fresh
-  `VideoCache` per query batch holding its B·(k+1) videos), as CONQUER does.
+  `VideoCache` per query batch holding its B·(k+1) videos), as CONQUER does;
+- `cached bf16-census` (`--precisions ...,bf16-census`): the cached bf16 run with each part
+  under `common.OpCensus`; on a CPU without bf16 units its bf16 products run in fp32 (the rest
+  as in bf16) and TVR val's time at a reference bf16 rate is projected from it
+  (`common.projected_from_stages`): an estimate for another host, not a timing.
 
 Reports query–video pairs/s of each and the extrapolated time of TVR val (10,895 queries × 10
 videos over 2,179 videos) on this CPU. Prints one JSON line; never asserts a timing.
@@ -38,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
+    REFERENCE_BF16_GFLOPS,
+    OpCensus,
     add_malloc_argument,
     add_peer_ratio,
     apply_host_settings,
@@ -48,6 +54,8 @@ from common import (
     net_arguments,
     peak_rss_mb,
     percent_of_peak,
+    projected_from_stages,
+    projection_column,
     record_result,
     sustained_matmul_flops,
 )
@@ -59,7 +67,7 @@ from partial_relevance.inference.vcmr import (
     VideoCache,
     predict_queries,
 )
-from partial_relevance.models.precision import PRECISIONS, inference_net
+from partial_relevance.models.precision import PRECISIONS, cpu_has_bf16_units, inference_net
 from partial_relevance.models.prem_localizer import PremLocalizer
 
 TVR_VAL_QUERIES = 10895
@@ -78,6 +86,7 @@ TVR_VAL_CLIP_HISTOGRAM = {
     100: 15,
 }  # fmt: skip
 MAX_CLIPS = 100  # SPEC §1.3 (`max_clips` of conf/data/vcmr_tvr.yaml)
+CENSUS = "-census"
 LENGTHS = ("tvr-val", "uniform")
 VISUAL_DIM, SUB_DIM, QUERY_DIM = 4352, 768, 768  # SPEC §1.1
 # The localizer as `model=prem_localizer data=vcmr_localizer_tvr` composes it (no file is read).
@@ -194,6 +203,55 @@ def query_batch(
     }
 
 
+def census_row(
+    args: argparse.Namespace, mode: str, proxy: bool, run_all: Any, observed: Any, pairs: int
+) -> dict[str, Any]:
+    """The `cached <precision>-census` row: `run_all` with video encoding and localization
+    each under an OpCensus, then again counting each part's FLOPs -> TVR val's minutes and
+    share of `--reference-bf16-gflops` projected from them (encoding scaled by videos,
+    localization by pairs; everything but the products as measured here)."""
+    censuses = [observed(), observed()]
+    encode_s, cached_s = run_all(stage=iter(censuses).__next__)
+    ran_as = torch.float32 if proxy else PRECISIONS[mode.removesuffix(CENSUS)]
+    ran_gflops = sustained_matmul_flops(ran_as) / 1e9
+    counters = [count_flops(), count_flops()]
+
+    @contextlib.contextmanager
+    def counted() -> Any:
+        with counters[len(gflops)] as counter, observed():
+            yield
+        gflops.append(counter.get_total_flops() / 1e9)
+
+    gflops: list[float] = []
+    run_all(stage=counted)
+    stages = {
+        name: {"wall": wall, "matmul": census.totals()[0], "gflop": gflop}
+        for name, wall, census, gflop in zip(
+            ("encode", "localize"), (encode_s, cached_s), censuses, gflops, strict=True
+        )
+    }
+    factors = {"encode": TVR_VAL_VIDEOS / args.videos, "localize": TVR_VAL_QUERIES * args.k / pairs}
+    reference = args.reference_bf16_gflops
+    projected = projected_from_stages(stages, factors, 0.0, ran_gflops, reference)
+    return {
+        "mode": f"cached {mode}",
+        "products ran as": str(ran_as).replace("torch.", "")
+        + (" (bf16 proxied: no bf16 units known)" if proxy else ""),
+        "video_encode_s": round(encode_s, 3),
+        "localize_s": round(cached_s, 3),
+        "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),
+        "non-matmul s": round(sum(c.totals()[1] for c in censuses), 3),
+        "matmul GFLOP/s": round(ran_gflops, 1),
+        projection_column("TVR val GFLOP", reference): projected["GFLOP"],
+        projection_column("matmul efficiency", reference): projected["matmul efficiency"],
+        projection_column("projected TVR val min", reference): round(
+            projected["projected step s"] / 60, 2
+        ),
+        projection_column("projected % of peak", reference): projected["projected % of peak"],
+        "load avg": load_average()[:1],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=64)
@@ -203,7 +261,16 @@ def main() -> None:
     parser.add_argument("--pair-group", type=int, default=64, help="pairs per localizer call")
     parser.add_argument("--gt-in-topk", type=float, default=0.5, help="queries with GT in top k")
     parser.add_argument(
-        "--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (cached mode)"
+        "--precisions",
+        default="fp32,bf16",
+        help="comma-separated: fp32, bf16, bf16-census (cached mode; census: see above)",
+    )
+    parser.add_argument(
+        "--reference-bf16-gflops",
+        type=float,
+        default=REFERENCE_BF16_GFLOPS,
+        help="bf16 matmul rate a census projects TVR val's time at (default: issue #19's host "
+        "A, a 2-core EPYC with avx512_bf16)",
     )
     parser.add_argument(
         "--no-cache-queries", type=int, default=16, help="queries timed without the cache (fp32)"
@@ -238,21 +305,30 @@ def main() -> None:
     rows = []
     notes = []
     with torch.no_grad():
-        for precision in [p for p in args.precisions.split(",") if p]:
+        for mode in [p for p in args.precisions.split(",") if p]:
+            precision = mode.removesuffix(CENSUS)
+            # A census proxies bf16 products in fp32 where no bf16 units are known.
+            proxy = mode != precision and precision == "bf16" and cpu_has_bf16_units() is not True
+
+            def observed(proxy: bool = proxy, census: bool = mode != precision) -> Any:
+                """A fresh OpCensus for a census mode, else no context."""
+                return OpCensus(proxy) if census else contextlib.nullcontext()
+
             cfg = inference_config(args, precision)
             runner = inference_net(net, precision)
-            warm = VideoCache.build(runner, video_batches(videos, [0, 1], 2), "cpu")
-            first = batches[0]
-            predict_queries(
-                runner,
-                warm,
-                {
-                    **first,
-                    "topk_video": first["topk_video"] % 2,
-                    "video_index": first["video_index"] % 2,
-                },
-                cfg,
-            )  # warm-up
+            with observed():
+                warm = VideoCache.build(runner, video_batches(videos, [0, 1], 2), "cpu")
+                first = batches[0]
+                predict_queries(
+                    runner,
+                    warm,
+                    {
+                        **first,
+                        "topk_video": first["topk_video"] % 2,
+                        "video_index": first["video_index"] % 2,
+                    },
+                    cfg,
+                )  # warm-up
 
             def run_all(
                 runner: torch.nn.Module = runner,
@@ -273,6 +349,10 @@ def main() -> None:
                         predict_queries(runner, cache, batch, cfg)
                 return encode_s, time.perf_counter() - start
 
+            if mode != precision:
+                rows.append(census_row(args, mode, proxy, run_all, observed, pairs))
+                print(rows[-1], flush=True)
+                continue
             encode_s, cached_s = run_all()
             peak = sustained_matmul_flops(PRECISIONS[precision]) / 1e9  # same load as the timed run
             counters = [count_flops(), count_flops()]  # video encoding, localization
@@ -373,6 +453,11 @@ def main() -> None:
         "tvr_val_at_peak_min: the counted FLOPs of TVR val (video encodings + pairs, scaled "
         "like the time) at 100 % of the measured matmul rate: the least time this host allows",
         "GFLOP/pair: localization FLOPs per query-video pair (SVMR pairs and decoding included)",
+        "census rows (`--precisions ...,bf16-census`): video encoding and localization each "
+        "under common.OpCensus (bf16 products proxied in fp32 where no bf16 units are known), "
+        "then TVR val projected at the reference bf16 rate: everything but the products as "
+        "measured here (scaled: encoding by videos, localization by pairs), the counted FLOPs "
+        "at the reference rate × the products' efficiency measured here; an estimate",
         "% of peak: FLOPs counted by FlopCounterMode (with formulas for the CPU attention "
         "kernels it lacks: nn.MultiheadAttention's fast path, SDPA's CPU flash kernel) in a "
         "second, untimed run of the same work (video encoding + localization), over the timed "

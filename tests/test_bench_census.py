@@ -205,3 +205,19 @@ def test_tvr_scale_projection_of_an_evaluation_census_hand_case():
     assert projected["projected % of peak"] == 21.1
     assert bench_prvr_eval.known_config("bf16-fp16index-census")
     assert not bench_prvr_eval.known_config("bf16-census")
+
+
+def test_bf16_proxy_runs_multihead_attentions_fast_path_in_fp32():
+    """nn.MultiheadAttention's inference fast path (`_native_multi_head_attention`, the PREM
+    localizer's cross-modal attention) is proxied like a product: fp32 inside, bf16 out."""
+    torch.manual_seed(0)
+    attention = torch.nn.MultiheadAttention(16, 2, batch_first=True).eval()
+    x = torch.randn(3, 5, 16).bfloat16()
+    reference = attention(x.float(), x.float(), x.float(), need_weights=False)[0]
+    attention.bfloat16()
+    census = common.OpCensus(proxy_bf16_matmuls=True)
+    with torch.no_grad(), census:
+        out = attention(x, x, x, need_weights=False)[0]
+    assert census.calls.get("_native_multi_head_attention") == 1 and census.proxied == 1
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, rtol=3e-2, atol=3e-2)

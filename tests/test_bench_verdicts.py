@@ -91,3 +91,10 @@ def test_emulated_bf16_shows_the_census_projection_beside_not_measurable():
     assert tvr["verdict"].startswith("not measurable") and tvr["measured"] is None
     assert tvr[estimate] == "projected % of peak @ bf16 415 GFLOP/s: 46.4"
     assert estimate not in rows["VCMR over TVR val, bf16: ≤ 5 min"]
+    # VCMR's census row (bench_vcmr_inference, `cached bf16-census`): TVR val's minutes.
+    minutes = "projected TVR val min @ bf16 415 GFLOP/s"
+    vcmr = {"rows": [{"mode": "cached bf16-census", minutes: 5.19}]}
+    rows = {r["target"]: r for r in run_all.verdicts({"bench_vcmr_inference": vcmr}, "emulated")}
+    tvr_val = rows["VCMR over TVR val, bf16: ≤ 5 min"]
+    assert tvr_val["verdict"].startswith("not measurable") and tvr_val["measured"] is None
+    assert tvr_val[estimate] == f"{minutes}: 5.19"

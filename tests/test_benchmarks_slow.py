@@ -23,7 +23,8 @@ CASES = {
     "bench_prvr_train.py": "--videos 16 --batch-videos 8 --steps 1 --frames 32 "
     "--configs base-fp32,full-bf16-ckpt,full-bf16-census --recompute-elementwise",
     "bench_prvr_eval.py": "--scale 0.01 --configs fp32,bf16-fp16index,bf16-fp16index-census",
-    "bench_vcmr_inference.py": "--queries 4 --videos 12 --batch 4 --no-cache-queries 2",
+    "bench_vcmr_inference.py": "--queries 4 --videos 12 --batch 4 --no-cache-queries 2 "
+    "--precisions fp32,bf16,bf16-census",
 }
 
 
@@ -38,8 +39,12 @@ def test_benchmark_runs_and_reports(script: str) -> None:
     assert report["machine"]["cpu"] and "bf16_units" in report["machine"]
     assert report["rows"] and not any("error" in row for row in report["rows"])
     for row in report["rows"]:
-        if row.get("config", "").endswith("-census"):  # the bf16 projection for host A
+        if row.get("config", row.get("mode", "")).endswith("-census"):  # bf16 for host A
             assert 0 < row["projected % of peak @ bf16 415 GFLOP/s"] <= 100
+            if script == "bench_vcmr_inference.py":  # TVR val's minutes
+                assert row["projected TVR val min @ bf16 415 GFLOP/s"] > 0
+                assert row["non-matmul s"] > 0 and row["localize_s"] > 0
+                continue
             if script == "bench_prvr_eval.py":  # the TVR-scale evaluation's, by stage
                 assert row["non-matmul s"] > 0 and row["outside ops s"] > 0
                 assert set(row["stages [wall s, matmul s, non-matmul s, GFLOP]"]) == {
