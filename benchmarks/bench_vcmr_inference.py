@@ -87,6 +87,7 @@ TVR_VAL_CLIP_HISTOGRAM = {
 }  # fmt: skip
 MAX_CLIPS = 100  # SPEC §1.3 (`max_clips` of conf/data/vcmr_tvr.yaml)
 CENSUS = "-census"
+PRECISION_MODES = ("fp32", "bf16", "bf16-census")  # cached modes (`--precisions`)
 LENGTHS = ("tvr-val", "uniform")
 VISUAL_DIM, SUB_DIM, QUERY_DIM = 4352, 768, 768  # SPEC §1.1
 # The localizer as `model=prem_localizer data=vcmr_localizer_tvr` composes it (no file is read).
@@ -285,6 +286,9 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true")
     add_malloc_argument(parser)
     args = parser.parse_args()
+    unknown = [p for p in args.precisions.split(",") if p and p not in PRECISION_MODES]
+    if unknown:
+        parser.error(f"--precisions: unknown {unknown}; choose from {list(PRECISION_MODES)}")
     apply_host_settings(args.malloc)  # as `evaluate` does, before anything is allocated
     if args.threads:
         torch.set_num_threads(args.threads)
