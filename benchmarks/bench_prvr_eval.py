@@ -38,7 +38,6 @@ import torch
 from msl_layout import LayoutSpec, add_layout_arguments, layout_from_args
 
 from partial_relevance.lit.prvr import PrvrLitModule
-from partial_relevance.models.precision import cpu_has_bf16_units
 from partial_relevance.models.prvr import PrvrBaseModel
 
 TVR_VIDEOS = 2179
@@ -198,7 +197,7 @@ def census_row(
     each stage's FLOPs -> seconds of products, of the other ops and outside any op (reads,
     Python), and for bf16 the TVR-scale evaluation's share of `--reference-bf16-gflops`
     projected from them (`tvr_scale_projection`)."""
-    proxy = precision == "bf16" and cpu_has_bf16_units() is not True
+    proxy = bench.census_proxies(precision)
     stages: dict[str, dict[str, float]] = {}
 
     @contextlib.contextmanager
@@ -218,15 +217,14 @@ def census_row(
         stages[name]["gflop"] = counter.get_total_flops() / 1e9
 
     _, (n_videos, n_queries, _, metrics) = evaluate(timed)
-    ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
+    ran_as, ran_label = bench.census_products(precision, proxy)
     ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
     evaluate(counted)
     row: dict[str, Any] = {
         "config": args.config,
         "videos": n_videos,
         "queries": n_queries,
-        "products ran as": str(ran_as).replace("torch.", "")
-        + (" (bf16 proxied: no bf16 units known)" if proxy else ""),
+        "products ran as": ran_label,
         "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),
         "non-matmul s": round(sum(s["ops"] for s in stages.values()), 3),
         "outside ops s": round(

@@ -43,7 +43,6 @@ from partial_relevance.data.prvr import PrvrDataModule
 from partial_relevance.lit.optim import parameter_groups
 from partial_relevance.lit.prvr import PrvrLitModule
 from partial_relevance.models.compile import compile_net
-from partial_relevance.models.precision import cpu_has_bf16_units
 from partial_relevance.models.prvr import PrvrBaseModel
 
 CONFIGS = ("base-fp32", "base-bf16", "full-fp32", "full-bf16")
@@ -114,9 +113,7 @@ def census_row(
     the peak RSS after the first warm-up steps (proxied blockwise there: a bf16 step's to
     within a few fp32 blocks) and, with --memory, the saved activations of one more step (what
     a bf16 step saves: a proxy returns bf16)."""
-    # The suite's own test of bf16 units (as the training warning uses); where it cannot tell,
-    # proxy too: an emulated bf16 step at batch 128 would take ~10 min.
-    proxy = precision == "bf16" and cpu_has_bf16_units() is not True
+    proxy = bench.census_proxies(precision)  # emulated, a bf16 step at batch 128 takes ~10 min
     # First --warmup steps (at least one) proxied blockwise (`lean`): the peak RSS read after
     # them exceeds a bf16 step's by at most a few fp32 blocks (`common.LEAN_BLOCK_BYTES`), not
     # by whole products' fp32 copies as the timed steps' proxies hold. Then --warmup steps as
@@ -133,7 +130,7 @@ def census_row(
         with census:
             training_step(lit, optimizer, next(stream), precision, update=True)
     matmul_s, other_s, ops = (value / args.steps for value in census.totals())
-    ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
+    ran_as, ran_label = bench.census_products(precision, proxy)
     ran_gflops = bench.sustained_matmul_flops(ran_as) / 1e9
     with bench.count_flops() as counter, bench.OpCensus(proxy):
         training_step(lit, optimizer, next(stream), precision, update=False)
@@ -141,8 +138,7 @@ def census_row(
     row: dict[str, Any] = {
         "config": args.config,
         "census steps": args.steps,
-        "products ran as": str(ran_as).replace("torch.", "")
-        + (" (bf16 proxied: no bf16 units known)" if proxy else ""),
+        "products ran as": ran_label,
         "matmul s/step": round(matmul_s, 3),
         "non-matmul s/step": round(other_s, 3),
         "ops/step": round(ops),

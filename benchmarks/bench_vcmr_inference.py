@@ -47,6 +47,8 @@ from common import (
     add_malloc_argument,
     add_peer_ratio,
     apply_host_settings,
+    census_products,
+    census_proxies,
     count_flops,
     load_average,
     machine_facts,
@@ -67,7 +69,7 @@ from partial_relevance.inference.vcmr import (
     VideoCache,
     predict_queries,
 )
-from partial_relevance.models.precision import PRECISIONS, cpu_has_bf16_units, inference_net
+from partial_relevance.models.precision import PRECISIONS, inference_net
 from partial_relevance.models.prem_localizer import PremLocalizer
 
 TVR_VAL_QUERIES = 10895
@@ -213,7 +215,7 @@ def census_row(
     localization by pairs; everything but the products as measured here)."""
     censuses = [observed(), observed()]
     encode_s, cached_s = run_all(stage=iter(censuses).__next__)
-    ran_as = torch.float32 if proxy else PRECISIONS[mode.removesuffix(CENSUS)]
+    ran_as, ran_label = census_products(mode.removesuffix(CENSUS), proxy)
     ran_gflops = sustained_matmul_flops(ran_as) / 1e9
     counters = [count_flops(), count_flops()]
 
@@ -236,8 +238,7 @@ def census_row(
     projected = projected_from_stages(stages, factors, 0.0, ran_gflops, reference)
     return {
         "mode": f"cached {mode}",
-        "products ran as": str(ran_as).replace("torch.", "")
-        + (" (bf16 proxied: no bf16 units known)" if proxy else ""),
+        "products ran as": ran_label,
         "video_encode_s": round(encode_s, 3),
         "localize_s": round(cached_s, 3),
         "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),
@@ -311,8 +312,7 @@ def main() -> None:
     with torch.no_grad():
         for mode in [p for p in args.precisions.split(",") if p]:
             precision = mode.removesuffix(CENSUS)
-            # A census proxies bf16 products in fp32 where no bf16 units are known.
-            proxy = mode != precision and precision == "bf16" and cpu_has_bf16_units() is not True
+            proxy = mode != precision and census_proxies(precision)
 
             def observed(proxy: bool = proxy, census: bool = mode != precision) -> Any:
                 """A fresh OpCensus for a census mode, else no context."""

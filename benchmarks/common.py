@@ -863,6 +863,22 @@ def _cast_floating(source: torch.dtype, target: torch.dtype, x: Any) -> Any:
 REFERENCE_BF16_GFLOPS = 415.0
 
 
+def census_proxies(precision: str) -> bool:
+    """Whether a census of work in `precision` proxies its bf16 products in fp32: bf16 on a
+    CPU without bf16 units, by the suite's own test (as training's bf16 warning decides;
+    where it cannot tell, proxied too: emulated bf16 products run ~100x slower than fp32)."""
+    from partial_relevance.models.precision import cpu_has_bf16_units
+
+    return precision == "bf16" and cpu_has_bf16_units() is not True
+
+
+def census_products(precision: str, proxy: bool) -> tuple[torch.dtype, str]:
+    """(the dtype a census's products ran in, the row's label for it)."""
+    ran_as = torch.float32 if proxy or precision == "fp32" else torch.bfloat16
+    label = str(ran_as).removeprefix("torch.")
+    return ran_as, label + (" (bf16 proxied: no bf16 units known)" if proxy else "")
+
+
 def projection_column(key: str, reference_gflops: float) -> str:
     """The row column of a `projected_share_of_peak` entry at `reference_gflops`."""
     return f"{key} @ bf16 {reference_gflops:g} GFLOP/s"
