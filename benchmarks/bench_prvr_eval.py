@@ -291,13 +291,7 @@ def main() -> None:
     parser.add_argument("--max-frames", type=int, default=100, help="generated frames, max")
     parser.add_argument("--eval-batch", type=int, default=256, help="queries per eval batch")
     parser.add_argument("--eval-video-batch", type=int, default=64, help="videos per eval batch")
-    parser.add_argument(
-        "--reference-bf16-gflops",
-        type=float,
-        default=bench.REFERENCE_BF16_GFLOPS,
-        help="bf16 matmul rate a `-census` bf16 row projects its share of peak at (default: "
-        "issue #19's host A, a 2-core EPYC with avx512_bf16)",
-    )
+    bench.add_reference_bf16_argument(parser)
     args = parser.parse_args()
     if args.root is None and not args.child:
         args.split = "val"  # the generated collection's evaluated split

@@ -274,13 +274,7 @@ def main() -> None:
         default=True,
         help="one more untimed step that sums the saved activations by module",
     )
-    parser.add_argument(
-        "--reference-bf16-gflops",
-        type=float,
-        default=bench.REFERENCE_BF16_GFLOPS,
-        help="bf16 matmul rate a `-census` bf16 row projects its share of peak at (default: "
-        "issue #19's host A, a 2-core EPYC with avx512_bf16)",
-    )
+    bench.add_reference_bf16_argument(parser)
     args = parser.parse_args()
 
     def layout() -> LayoutSpec:

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
-    REFERENCE_BF16_GFLOPS,
     OpCensus,
     add_malloc_argument,
     add_peer_ratio,
+    add_reference_bf16_argument,
     apply_host_settings,
     census_products,
     census_proxies,
@@ -267,13 +267,7 @@ def main() -> None:
         default="fp32,bf16",
         help="comma-separated: fp32, bf16, bf16-census (cached mode; census: see above)",
     )
-    parser.add_argument(
-        "--reference-bf16-gflops",
-        type=float,
-        default=REFERENCE_BF16_GFLOPS,
-        help="bf16 matmul rate a census projects TVR val's time at (default: issue #19's host "
-        "A, a 2-core EPYC with avx512_bf16)",
-    )
+    add_reference_bf16_argument(parser)
     parser.add_argument(
         "--no-cache-queries", type=int, default=16, help="queries timed without the cache (fp32)"
     )

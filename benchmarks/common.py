@@ -863,6 +863,17 @@ def _cast_floating(source: torch.dtype, target: torch.dtype, x: Any) -> Any:
 REFERENCE_BF16_GFLOPS = 415.0
 
 
+def add_reference_bf16_argument(parser: argparse.ArgumentParser) -> None:
+    """`--reference-bf16-gflops`: the bf16 matmul rate a census projects at."""
+    parser.add_argument(
+        "--reference-bf16-gflops",
+        type=float,
+        default=REFERENCE_BF16_GFLOPS,
+        help="bf16 matmul rate a census (`-census` rows) projects its share of peak at "
+        "(default: issue #19's host A, a 2-core EPYC with avx512_bf16)",
+    )
+
+
 def census_proxies(precision: str) -> bool:
     """Whether a census of work in `precision` proxies its bf16 products in fp32: bf16 on a
     CPU without bf16 units, by the suite's own test (as training's bf16 warning decides;
