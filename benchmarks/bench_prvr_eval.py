@@ -59,7 +59,7 @@ def known_config(name: str) -> bool:
 
 def stage_factors(videos: int, queries: int) -> dict[str, float]:
     """Each stage's work at TVR size over its work here: encoding scales with videos or
-    queries, scoring with queries × videos (as `extrapolate` scales them)."""
+    queries, scoring with queries × videos (what `extrapolate` and the census scale by)."""
     fv, fq = TVR_VIDEOS / videos, TVR_QUERIES / queries
     return {"video": fv, "query": fq, "scoring": fv * fq}
 
@@ -250,14 +250,15 @@ def census_row(
 
 def extrapolate(row: dict[str, Any]) -> dict[str, Any]:
     """Scale a measured row to full TVR size, each stage in proportion to its work."""
-    fv, fq = TVR_VIDEOS / row["videos"], TVR_QUERIES / row["queries"]
+    factor = stage_factors(row["videos"], row["queries"])
+    fv, fq = factor["video"], factor["query"]
     video_s = row["video enc s"] * fv
     query_s = row["query enc s"] * fq
-    score_s = row["scoring s"] * fv * fq
+    score_s = row["scoring s"] * factor["scoring"]
     order_s = row["order s"] * fq  # one stored-length lookup a query (videos: in memory)
     total_s = order_s + video_s + query_s + score_s
     video_f, query_f, score_f = row["GFLOP video/query/scoring"]  # the same proportions
-    gflop = video_f * fv + query_f * fq + score_f * fv * fq
+    gflop = video_f * fv + query_f * fq + score_f * factor["scoring"]
     achieved = gflop / total_s
     return {
         "config": f"{row['config']} (extrapolated)",

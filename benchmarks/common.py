@@ -798,7 +798,7 @@ def _proxied_in_blocks(func: Any, args: Any, kwargs: dict[str, Any]) -> Any | No
         return None
     out = kwargs.get("out")
     if name == "mm":
-        return _lean_mm(*args, out=out)
+        return _mm_in_blocks(*args, out=out)
     if name == "bmm":
         a, b = args
         result = _empty_result(out, (a.shape[0], a.shape[1], b.shape[2]), a)
@@ -827,7 +827,9 @@ def _empty_result(out: torch.Tensor | None, shape: Any, like: torch.Tensor) -> t
     return out if out is not None else like.new_empty(tuple(shape))
 
 
-def _lean_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _mm_in_blocks(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """a [M, K] @ b [K, N] in fp32 blocks, rounded into a's dtype (or `out`)."""
     (M, K), N = a.shape, b.shape[1]
     result = _empty_result(out, (M, N), a)
