@@ -180,6 +180,21 @@ def test_keep_mask_is_unbiased_at_every_int16_lane() -> None:
     assert keep_mask(torch.Size([10]), 0.0, torch.device("cpu")).all()
 
 
+@pytest.mark.parametrize("numel", [1, 7, 4 * 100_003 + 2])
+def test_keep_mask_draws_the_masks_of_the_modulo_form(numel: int) -> None:
+    """On CPU the draws come from the full-range `random_` with the top bit flipped: the masks
+    (every pinned loss depends on them) are those of `random_(-2⁶³, 2⁶³ - 1)`, seed for seed,
+    and the generator ends in the same state."""
+    torch.manual_seed(3)
+    keep = keep_mask(torch.Size([numel]), 0.15, torch.device("cpu"))
+    after = torch.randint(0, 2**30, (4,))
+    torch.manual_seed(3)
+    draws = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    expected = draws.view(torch.int16)[:numel] >= round(0.15 * 2**16) - 2**15
+    assert torch.equal(keep, expected)
+    assert torch.equal(after, torch.randint(0, 2**30, (4,)))
+
+
 @pytest.mark.parametrize("where", ["before", "after", "both"])
 def test_dropout_linear_equals_the_unfused_chain(where: str) -> None:
     """`dropout_linear` folds 1/(1 - p) into the Linear: same masks (same RNG order), same
