@@ -306,9 +306,9 @@ def test_dropout_attention_equals_softmax_dropout_matmul_and_saves_no_weights(pr
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_masking_after_the_cast_gives_the_numbers_of_masking_before(dtype):
-    """`_masked_in` casts, then masks in the narrower type: bit for bit what masking in fp32
-    and casting gives (a product by 0 or 1 commutes with rounding), NaN, inf and signed zeros
-    included; with `keep_input` the input is never written."""
+    """`_masked_in` masks and casts in one pass: bit for bit what masking in fp32 and casting
+    gives (a product by 0 or 1 commutes with rounding), NaN, inf and signed zeros included,
+    contiguous or strided; with `keep_input` the input is never written."""
     torch.manual_seed(0)
     x = torch.randn(3, 1 << 12) * 1e3
     x[0, :4] = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0])
@@ -324,6 +324,8 @@ def test_masking_after_the_cast_gives_the_numbers_of_masking_before(dtype):
     assert out.dtype == dtype and torch.equal(bits(x), bits(original))
     assert torch.equal(bits(out), bits(expected))
     assert torch.equal(bits(_masked_in(x.clone(), keep, dtype)), bits(expected))
+    strided = _masked_in(x.t(), keep.t(), dtype)  # the unchunked path: a product, then a cast
+    assert torch.equal(bits(strided.t().contiguous()), bits(expected))
 
 
 def test_dropout_attention_masks_keys_as_an_additive_bias_like_sdpa():
