@@ -224,10 +224,11 @@ def test_dropout_linear_equals_the_unfused_chain(where: str) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_gelu_dropout_linear_equals_the_unfused_chain_and_saves_no_gelu_output(precision):
+def test_gelu_dropout_linear_equals_the_unfused_chain_and_keeps_gelu_output_in_bf16(precision):
     """`gelu_dropout_linear` (the FFN's GELU -> Dropout -> Linear -> Dropout) gives the unfused
-    chain's outputs and gradients (same masks), also under bf16 autocast, and keeps only the
-    pre-activation and bool masks for backward: no [.., F] float tensor beyond its input."""
+    chain's outputs and gradients (same masks), also under bf16 autocast, and keeps the
+    pre-activation and bool masks for backward, plus the masked GELU output only in bf16 (2
+    bytes an element): in fp32 no [.., F] float tensor beyond its input."""
     linear = torch.nn.Linear(12, 5)
     before, after = Dropout(0.3).train(), Dropout(0.2).train()
     pre = torch.randn(4, 3, 12, requires_grad=True)
@@ -256,10 +257,36 @@ def test_gelu_dropout_linear_equals_the_unfused_chain_and_saves_no_gelu_output(p
     def wide_floats(entries: list[tuple[int, torch.dtype]]) -> int:
         return sum(n == pre.numel() and dtype.is_floating_point for n, dtype in entries)
 
-    assert wide_floats(saved[1]) == 1  # the pre-activation only: GELU's output is recomputed
+    # fp32: the pre-activation only (GELU's output is recomputed); bf16: and the masked output
+    assert wide_floats(saved[1]) == (1 if precision == "fp32" else 2)
     assert wide_floats(saved[0]) >= 2  # GELU's input and the Linear's (masked) input
     before.eval(), after.eval()
     torch.testing.assert_close(fused(), linear(torch.nn.functional.gelu(pre)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gelu_masked_linear_kept_or_recomputed_gives_the_same_bits(dtype: torch.dtype) -> None:
+    """Whether the masked GELU output is kept (bf16) or recomputed (fp32), the output and every
+    gradient are bit for bit the formula: hidden = keep · gelu(h), y = hidden Wᵀ + b,
+    ∂W = ∂yᵀ hidden, ∂b = Σ ∂y, ∂h = gelu'(h) · keep · (∂y W)."""
+    torch.manual_seed(0)
+    pre = torch.randn(6, 5, 16).to(dtype).requires_grad_()
+    weight = torch.randn(7, 16, requires_grad=True)
+    bias = torch.randn(7, requires_grad=True)
+    keep = torch.rand(6, 5, 16) > 0.3
+    y = layers._GeluMaskedLinear.apply(pre, keep, weight, bias, "none", dtype)
+    grad_y = torch.randn(6, 5, 7).to(dtype)
+    grads = torch.autograd.grad(y, [pre, weight, bias], grad_y)
+    with torch.no_grad():
+        hidden = torch.nn.functional.gelu(pre) * keep
+        w = weight.to(dtype)
+        expected_y = torch.nn.functional.linear(hidden, w, bias.to(dtype))
+        flat = grad_y.reshape(-1, 7)
+        grad_w = flat.t().mm(hidden.reshape(-1, 16)).to(weight.dtype)
+        grad_b = flat.sum(0).to(bias.dtype)
+        grad_pre = torch.ops.aten.gelu_backward(grad_y.matmul(w) * keep, pre)
+    for got, want in zip((y, *grads), (expected_y, grad_pre, grad_w, grad_b), strict=True):
+        assert got.dtype == want.dtype and torch.equal(got, want)
 
 
 @pytest.mark.parametrize("precision", ["fp64", "fp32", "bf16"])

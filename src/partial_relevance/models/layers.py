@@ -244,9 +244,12 @@ def _masked_linear_backward(
 
 
 class _GeluMaskedLinear(torch.autograd.Function):
-    """y = (keep · gelu(h)) Wᵀ + b saving only h (and the bool mask) for backward: the GELU
-    output, the FFN's widest activation, is recomputed there (one elementwise pass) instead of
-    being kept twice (by GELU for its gradient and by the Linear for its weight's)."""
+    """y = (keep · gelu(h)) Wᵀ + b saving h and the bool mask for backward, and the masked GELU
+    output only in a 16-bit dtype. In fp32 that output, the FFN's widest activation, is
+    recomputed in backward (one GELU and one masking pass) instead of being kept twice (by GELU
+    for its gradient and by the Linear for its weight's). In bf16 it costs 2 bytes an element
+    and its recompute (erf on an emulated or converted type: ~21 ms for [128, 128, 1536] on a
+    2-core EPYC) more time than it saves memory: it is kept once. Same numbers either way."""
 
     @staticmethod
     def forward(
@@ -259,25 +262,27 @@ class _GeluMaskedLinear(torch.autograd.Function):
         dtype: torch.dtype,
     ) -> Tensor:
         with torch.autocast(pre.device.type, enabled=False):
-            hidden = apply_keep(F.gelu(pre.to(dtype), approximate=approximate), keep)
+            hidden = F.gelu(pre.to(dtype), approximate=approximate)  # a new tensor
+            if keep is not None:
+                mask_(hidden, keep)
             out = F.linear(hidden, weight.to(dtype), None if bias is None else bias.to(dtype))
-        ctx.save_for_backward(pre, keep, weight)
+        kept = hidden if hidden.element_size() < 4 else None
+        ctx.save_for_backward(pre, keep, weight, kept)
         ctx.approximate, ctx.dtype, ctx.has_bias = approximate, dtype, bias is not None
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        pre, keep, weight = ctx.saved_tensors
+        pre, keep, weight, hidden = ctx.saved_tensors
         dtype = ctx.dtype
         with torch.autocast(grad.device.type, enabled=False):
             pre_c = pre.to(dtype)
+            if hidden is None:  # recomputed: the numbers of forward
+                hidden = apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep)
             grad_weight, grad_bias, grad_hidden = _masked_linear_backward(
-                grad.to(dtype),
-                apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep),  # recomputed
-                weight,
-                keep,
-                ctx.has_bias,
+                grad.to(dtype), hidden, weight, keep, ctx.has_bias
             )
+            del hidden
             grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre_c, approximate=ctx.approximate)
             del grad_hidden
         return (
@@ -298,8 +303,9 @@ def gelu_dropout_linear(
     approximate: str = "none",
 ) -> Tensor:
     """`after(linear(before(gelu(pre))))` as `dropout_linear` computes it (1/(1 - p) folded
-    into the weight, the same masks drawn in the same order), keeping only `pre` and the masks
-    for backward in training (`_GeluMaskedLinear`); eval and no-grad take the plain path."""
+    into the weight, the same masks drawn in the same order), keeping only `pre`, the masks and
+    (in a 16-bit dtype) the masked GELU output for backward in training (`_GeluMaskedLinear`);
+    eval and no-grad take the plain path."""
     needs_grad = torch.is_grad_enabled() and (pre.requires_grad or linear.weight.requires_grad)
     if not needs_grad:
         return dropout_linear(F.gelu(pre, approximate=approximate), linear, before, after)
