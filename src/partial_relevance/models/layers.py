@@ -277,10 +277,16 @@ class _GeluMaskedLinear(torch.autograd.Function):
         dtype = ctx.dtype
         with torch.autocast(grad.device.type, enabled=False):
             pre_c = pre.to(dtype)
-            if hidden is None:  # recomputed: the numbers of forward
-                hidden = apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep)
             grad_weight, grad_bias, grad_hidden = _masked_linear_backward(
-                grad.to(dtype), hidden, weight, keep, ctx.has_bias
+                grad.to(dtype),
+                # recomputed (the numbers of forward) as a temporary: no local name keeps it
+                # alive while ∂h is formed
+                apply_keep(F.gelu(pre_c, approximate=ctx.approximate), keep)
+                if hidden is None
+                else hidden,
+                weight,
+                keep,
+                ctx.has_bias,
             )
             del hidden
             grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre_c, approximate=ctx.approximate)
