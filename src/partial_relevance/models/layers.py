@@ -638,7 +638,7 @@ class TransformerLayer(nn.Module):
         both dropouts folded into the second Linear (`dropout_linear`). pre: [B, L, ffn_dim]
         -> [B, L, D]."""
         _, activation, dropout, second = self.ffn
-        if isinstance(activation, nn.GELU):  # the GELU output is recomputed in backward
+        if isinstance(activation, nn.GELU):  # GELU output: kept (bf16) or recomputed (fp32)
             return gelu_dropout_linear(
                 pre, second, dropout, self.ffn_dropout, activation.approximate
             )
