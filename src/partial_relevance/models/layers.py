@@ -136,10 +136,10 @@ def masked(x: Tensor, keep: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """x · keep as a new tensor (keep: bool, x's shape; no autograd: see `apply_keep`), in
     `dtype` when given: the product is formed in x's dtype and rounded as it is written, one
     pass instead of a cast and a product."""
+    dtype = x.dtype if dtype is None else dtype
     if not _chunked(x, keep):
-        return x * keep if dtype is None else torch.mul(x, keep).to(dtype)
-    out = torch.empty(x.shape, dtype=x.dtype if dtype is None else dtype, device=x.device)
-    return _chunked_product(x, keep, out)
+        return (x * keep).to(dtype)
+    return _chunked_product(x, keep, torch.empty(x.shape, dtype=dtype, device=x.device))
 
 
 class _KeepMask(torch.autograd.Function):
