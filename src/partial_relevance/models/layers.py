@@ -288,7 +288,6 @@ class _GeluMaskedLinear(torch.autograd.Function):
                 keep,
                 ctx.has_bias,
             )
-            del hidden
             grad_pre = torch.ops.aten.gelu_backward(grad_hidden, pre_c, approximate=ctx.approximate)
             del grad_hidden
         return (
