@@ -10,6 +10,7 @@ from partial_relevance.data.preprocess import (
     mean_pool,
     pool_boundaries,
     prvr_query_input,
+    prvr_video_batch,
     prvr_video_inputs,
 )
 
@@ -82,3 +83,37 @@ def test_queries_truncated_to_30_tokens():
 def test_empty_sequence_raises():
     with pytest.raises(ValueError, match="empty"):
         mean_pool(np.zeros((0, 4), dtype=np.float32), 32)
+
+
+@pytest.mark.parametrize("max_frames", [128, 9])
+def test_video_batch_is_the_per_video_inputs_stacked_and_padded_bit_for_bit(max_frames):
+    """`prvr_video_batch` writes each video straight into the batch: the numbers must be those
+    of `prvr_video_inputs` stacked (moments) and zero-padded (frames), to the bit, with the
+    videos pooled above `max_frames` (9) and kept below it."""
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(n, 24)).astype(np.float32) for n in (17, 3, 40, 9, 1)]
+    moments, frames, mask = prvr_video_batch(videos, num_moments=8, max_frames=max_frames)
+    kept = [min(len(v), max_frames) for v in videos]
+    assert moments.shape == (5, 8, 24) and frames.shape == (5, max(kept), 24)
+    assert mask.tolist() == [[i < n for i in range(max(kept))] for n in kept]
+    for row, video in enumerate(videos):
+        expected_moments, expected_frames = prvr_video_inputs(video, 8, max_frames)
+        assert np.array_equal(moments[row], expected_moments)
+        assert np.array_equal(frames[row, : kept[row]], expected_frames)
+        assert not frames[row, kept[row] :].any()  # zero padding
+    with pytest.raises(ValueError, match="zero videos"):
+        prvr_video_batch([])
+
+
+def test_normalise_and_pool_into_out_give_the_same_bits():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(13, 40)).astype(np.float32)
+    out = np.full((2, 13, 40), np.nan, dtype=np.float32)
+    assert np.shares_memory(l2_normalize_rows(x, out=out[1]), out)
+    assert np.array_equal(out[1], l2_normalize_rows(x))
+    in_place = x.copy()
+    l2_normalize_rows(in_place, out=in_place)
+    assert np.array_equal(in_place, l2_normalize_rows(x))
+    pooled = np.empty((5, 40), dtype=np.float32)
+    mean_pool(x, 5, out=pooled)
+    assert np.array_equal(pooled, mean_pool(x, 5))

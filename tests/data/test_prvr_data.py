@@ -150,3 +150,26 @@ def test_eval_loaders_yield_longest_first_and_every_item_once(tiny_corpus):
     unsorted.setup("validate")
     plain = [int(i) for b in unsorted.val_dataloader()[0] for i in b["video_index"]]
     assert plain == list(range(len(split.video_ids)))
+
+
+def test_eval_video_batches_built_in_place_equal_the_collated_items(tiny_corpus):
+    """The evaluation video loader builds each batch whole (`__getitems__`): the same tensors,
+    bit for bit, as collating the dataset's items one by one, for sorted and split order."""
+    from partial_relevance.data.collate import PrebuiltBatch
+    from partial_relevance.data.prvr import collate_videos
+
+    for sort in (True, False):
+        dm = PrvrDataModule(
+            root=str(tiny_corpus.prvr_root), eval_video_batch_size=5, sort_eval_by_length=sort
+        )
+        dm.setup("validate")
+        loader = dm.val_dataloader()[0]
+        dataset = loader.dataset
+        batches = list(loader)
+        assert len(batches) == 3  # 12 videos, 5 a batch
+        for batch, positions in zip(batches, loader.batch_sampler, strict=True):
+            assert isinstance(dataset.__getitems__(positions), PrebuiltBatch)
+            expected = collate_videos([dataset[p] for p in positions])
+            assert batch.keys() == expected.keys()
+            for key, value in expected.items():
+                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key

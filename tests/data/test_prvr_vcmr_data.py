@@ -74,3 +74,17 @@ def test_subtitle_concat_switch_and_dim_check(synthetic_cache, tiny_corpus):
         prvr_view(synthetic_cache, subtitle_mode="concat", video_dim=DIMS["visual_dim"])
     with pytest.raises(ValueError, match="subtitle_mode"):
         prvr_view(synthetic_cache, subtitle_mode="add")
+
+
+def test_eval_video_batches_built_in_place_equal_the_collated_items(dm):
+    """The view's evaluation video loader builds each batch whole: the tensors of collating
+    its items one by one, bit for bit (clips pooled above max_frames=6 included)."""
+    import torch
+
+    from partial_relevance.data.prvr_vcmr import collate_prvr_vcmr_videos
+
+    videos, _ = dm.split_loaders("val")
+    for batch, positions in zip(videos, videos.batch_sampler, strict=True):
+        expected = collate_prvr_vcmr_videos([videos.dataset[p] for p in positions])
+        assert batch.keys() == expected.keys()
+        assert all(torch.equal(batch[key], value) for key, value in expected.items())

@@ -23,6 +23,12 @@ def pad_sequences(arrays: list[np.ndarray]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(out), torch.from_numpy(mask)
 
 
+class PrebuiltBatch(dict):
+    """A batch's tensors that a dataset's `__getitems__` built whole (each item written
+    straight into the batch arrays, with no per-item arrays to copy); the collate functions
+    hand it on unchanged. The DataLoader passes what `__getitems__` returns to `collate_fn`."""
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,

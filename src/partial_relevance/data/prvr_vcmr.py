@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from partial_relevance.data.collate import SplitDataset, SplitVideoDataset, eval_loaders
+from partial_relevance.data.collate import PrebuiltBatch, SplitDataset, eval_loaders
 from partial_relevance.data.errors import DataError
 from partial_relevance.data.preprocess import prvr_video_inputs
-from partial_relevance.data.prvr import collate_queries, collate_videos
+from partial_relevance.data.prvr import PrvrVideoDataset, collate_queries, collate_videos
 from partial_relevance.data.vcmr import (
     VcmrCorpus,
     VcmrQueryDataset,
@@ -86,11 +86,14 @@ class PrvrVcmrView:
         extra = self.corpus.subtitle_dim if self.subtitle_mode == "concat" else 0
         return self.corpus.visual_dim + extra
 
+    def video_frames(self, video_id: str) -> np.ndarray:
+        """The clips the PRVR branches read as frames, `[L, D]` (`prvr_clip_features`)."""
+        video = self.corpus.video_inputs(video_id)
+        return prvr_clip_features(video.visual, video.subtitle, video.sub_mask, self.subtitle_mode)
+
     def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(moments `[T_m, D]`, frames `[min(L, max_frames), D]`), L2-normalised after pooling."""
-        video = self.corpus.video_inputs(video_id)
-        clips = prvr_clip_features(video.visual, video.subtitle, video.sub_mask, self.subtitle_mode)
-        return prvr_video_inputs(clips, self.num_moments, self.max_frames)
+        return prvr_video_inputs(self.video_frames(video_id), self.num_moments, self.max_frames)
 
     def query_input(self, query_id: str) -> np.ndarray:
         return self.corpus.query_input(query_id)
@@ -129,13 +132,9 @@ class PrvrVcmrTrainDataset(SplitDataset):
         }
 
 
-class PrvrVcmrVideoDataset(SplitVideoDataset):
+class PrvrVcmrVideoDataset(PrvrVideoDataset):
     """Evaluation side: every video of a split once (with or without queries), split order,
     read through a `PrvrVcmrView` (`PrvrVcmrVideoDataset(view, split)`)."""
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        moments, frames = self.corpus.video_inputs(self.split.video_ids[index])
-        return {"video_index": index, "moments": moments, "frames": frames, "queries": []}
 
 
 class PrvrVcmrQueryDataset(VcmrQueryDataset):
@@ -144,9 +143,11 @@ class PrvrVcmrQueryDataset(VcmrQueryDataset):
     tokens are the corpus's)."""
 
 
-def collate_prvr_vcmr_videos(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_prvr_vcmr_videos(items: list[dict[str, Any]] | PrebuiltBatch) -> dict[str, Any]:
     """`data.prvr.collate_videos` plus, in training, `query_index [n]` (split query ids)."""
     batch = collate_videos(items)
+    if isinstance(items, PrebuiltBatch):  # evaluation videos: no queries
+        return batch
     if any(it["queries"] for it in items):
         batch["query_index"] = torch.tensor(
             [q for it in items for q in it.get("query_index", [])], dtype=torch.long
