@@ -9,6 +9,7 @@ from partial_relevance.data.preprocess import (
     l2_normalize_rows,
     mean_pool,
     pool_boundaries,
+    prvr_query_batch,
     prvr_query_input,
     prvr_video_batch,
     prvr_video_inputs,
@@ -117,3 +118,17 @@ def test_normalise_and_pool_into_out_give_the_same_bits():
     pooled = np.empty((5, 40), dtype=np.float32)
     mean_pool(x, 5, out=pooled)
     assert np.array_equal(pooled, mean_pool(x, 5))
+
+
+def test_query_batch_is_the_per_query_inputs_padded_bit_for_bit():
+    rng = np.random.default_rng(2)
+    queries = [rng.normal(size=(n, 12)).astype(np.float32) for n in (5, 31, 1, 30)]
+    tokens, mask = prvr_query_batch(queries, max_tokens=30)
+    kept = [5, 30, 1, 30]
+    assert tokens.shape == (4, 30, 12)
+    assert mask.tolist() == [[i < n for i in range(30)] for n in kept]
+    for row, query in enumerate(queries):
+        assert np.array_equal(tokens[row, : kept[row]], prvr_query_input(query, 30))
+        assert not tokens[row, kept[row] :].any()
+    with pytest.raises(ValueError, match="zero queries"):
+        prvr_query_batch([])

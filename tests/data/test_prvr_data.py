@@ -152,24 +152,31 @@ def test_eval_loaders_yield_longest_first_and_every_item_once(tiny_corpus):
     assert plain == list(range(len(split.video_ids)))
 
 
-def test_eval_video_batches_built_in_place_equal_the_collated_items(tiny_corpus):
-    """The evaluation video loader builds each batch whole (`__getitems__`): the same tensors,
-    bit for bit, as collating the dataset's items one by one, for sorted and split order."""
+def test_eval_batches_built_in_place_equal_the_collated_items(tiny_corpus):
+    """The evaluation loaders build each batch whole (`__getitems__`): the same tensors, bit
+    for bit, as collating the dataset's items one by one, videos and queries, for sorted and
+    split order (queries truncated to max_words=4 included)."""
     from partial_relevance.data.collate import PrebuiltBatch
-    from partial_relevance.data.prvr import collate_videos
+    from partial_relevance.data.prvr import collate_queries, collate_videos
 
     for sort in (True, False):
         dm = PrvrDataModule(
-            root=str(tiny_corpus.prvr_root), eval_video_batch_size=5, sort_eval_by_length=sort
+            root=str(tiny_corpus.prvr_root),
+            eval_video_batch_size=5,
+            eval_batch_size=7,
+            sort_eval_by_length=sort,
+            max_words=4,
         )
         dm.setup("validate")
-        loader = dm.val_dataloader()[0]
-        dataset = loader.dataset
-        batches = list(loader)
-        assert len(batches) == 3  # 12 videos, 5 a batch
-        for batch, positions in zip(batches, loader.batch_sampler, strict=True):
-            assert isinstance(dataset.__getitems__(positions), PrebuiltBatch)
-            expected = collate_videos([dataset[p] for p in positions])
-            assert batch.keys() == expected.keys()
-            for key, value in expected.items():
-                assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+        for loader, collate, count in zip(
+            dm.val_dataloader(), (collate_videos, collate_queries), (3, 6), strict=True
+        ):
+            dataset = loader.dataset
+            batches = list(loader)
+            assert len(batches) == count  # 12 videos, 5 a batch; 36 queries, 7 a batch
+            for batch, positions in zip(batches, loader.batch_sampler, strict=True):
+                assert isinstance(dataset.__getitems__(positions), PrebuiltBatch)
+                expected = collate([dataset[p] for p in positions])
+                assert batch.keys() == expected.keys()
+                for key, value in expected.items():
+                    assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key

@@ -110,6 +110,24 @@ def prvr_query_input(tokens: np.ndarray, max_tokens: int = 30) -> np.ndarray:
     return l2_normalize_rows(tokens[:max_tokens])
 
 
+def prvr_query_batch(
+    queries: list[np.ndarray], max_tokens: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """`prvr_query_input` of each query, padded into one batch: (tokens `[B, N, D]` zero-padded
+    to the longest kept query, token mask `[B, N]` bool), each query normalised straight into
+    its row (the same numbers as padding the per-query results, without the copy)."""
+    if not queries:
+        raise ValueError("cannot batch zero queries")
+    kept = [min(len(tokens), max_tokens) for tokens in queries]
+    out = np.empty((len(queries), max(kept), queries[0].shape[-1]), dtype=np.float32)
+    mask = np.zeros((len(queries), max(kept)), dtype=bool)
+    for row, (tokens, n) in enumerate(zip(queries, kept, strict=True)):
+        l2_normalize_rows(tokens[:n], out=out[row, :n])
+        out[row, n:] = 0.0
+        mask[row, :n] = True
+    return out, mask
+
+
 def vcmr_video_inputs(
     visual: np.ndarray,
     subtitle: np.ndarray | None,

@@ -28,6 +28,7 @@ from partial_relevance.data.collate import (
 )
 from partial_relevance.data.errors import DataError, require_exists
 from partial_relevance.data.preprocess import (
+    prvr_query_batch,
     prvr_query_input,
     prvr_video_batch,
     prvr_video_inputs,
@@ -130,8 +131,13 @@ class PrvrCorpus:
         """(moment clips [32, D], frames [<=128, D]) for one video, L2-normalised."""
         return prvr_video_inputs(self.video_frames(video_id), self.num_moments, self.max_frames)
 
+    def query_tokens(self, query_id: str) -> np.ndarray:
+        """The query's token features `[n, Dq]` as stored (before truncation and normalisation)."""
+        return self.query_store.get(query_id)
+
     def query_input(self, query_id: str) -> np.ndarray:
-        return prvr_query_input(self.query_store.get(query_id), self.max_words)
+        """Token features `[<= max_words, Dq]`, L2-normalised per token."""
+        return prvr_query_input(self.query_tokens(query_id), self.max_words)
 
 
 class PrvrTrainDataset(SplitVideoDataset):
@@ -200,6 +206,21 @@ class PrvrQueryDataset(SplitQueryDataset):
             "tokens": self.corpus.query_input(self.split.queries[index].query_id),
         }
 
+    def __getitems__(self, positions: list[int]) -> PrebuiltBatch:
+        """The batch `collate_queries` makes of these items, each query normalised straight
+        into it (`prvr_query_batch`: the same numbers)."""
+        indices = [self.split_index(position) for position in positions]
+        tokens, mask = prvr_query_batch(
+            [self.corpus.query_tokens(self.split.queries[i].query_id) for i in indices],
+            self.corpus.max_words,
+        )
+        return PrebuiltBatch(
+            query_index=torch.tensor(indices, dtype=torch.long),
+            video_index=torch.from_numpy(self.split.query_video[indices]),
+            query_tokens=torch.from_numpy(tokens),
+            query_mask=torch.from_numpy(mask),
+        )
+
 
 def collate_videos(items: list[dict[str, Any]] | PrebuiltBatch) -> dict[str, Tensor]:
     """Videos (and, in training, their queries) -> padded tensors.
@@ -231,8 +252,11 @@ def collate_videos(items: list[dict[str, Any]] | PrebuiltBatch) -> dict[str, Ten
     return batch
 
 
-def collate_queries(items: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Queries -> query_tokens [n, N, Dq], query_mask [n, N], indices and GT video indices."""
+def collate_queries(items: list[dict[str, Any]] | PrebuiltBatch) -> dict[str, Tensor]:
+    """Queries -> query_tokens [n, N, Dq], query_mask [n, N], indices and GT video indices
+    (a `PrebuiltBatch`, from `PrvrQueryDataset.__getitems__`, is already that batch)."""
+    if isinstance(items, PrebuiltBatch):
+        return items
     tokens, mask = pad_sequences([it["tokens"] for it in items])
     return {
         "query_index": torch.tensor([it["query_index"] for it in items], dtype=torch.long),
