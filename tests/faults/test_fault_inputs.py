@@ -137,6 +137,24 @@ def test_prvr_inf_frame_is_refused(corpus_copy):
         prvr_corpus(corpus_copy).video_inputs(VIDEO)
 
 
+def test_prvr_eval_loaders_built_in_place_refuse_non_finite_inputs(corpus_copy):
+    """The evaluation loaders build whole batches (`__getitems__`): a NaN frame or query token
+    still stops them with the DataError naming the file, key and row."""
+    from partial_relevance.data.prvr import PrvrDataModule
+
+    feature_dir, query_file, _ = prvr_paths(corpus_copy)
+    bigfile_set(feature_dir, VIDEO, slice(2, 3), np.nan)
+    key = first_query(query_file)
+    replace_dataset(query_file, key, with_nan(row=1))
+    dm = PrvrDataModule(root=str(corpus_copy / "prvr"), eval_video_batch_size=64)
+    dm.setup("validate")
+    videos, queries = dm.val_dataloader()
+    with pytest.raises(DataError, match=rf"{PRVR_FEATURE}.*{VIDEO}.*row 2.*non-finite"):
+        list(videos)
+    with pytest.raises(DataError, match=rf"query_feat\.hdf5.*{re.escape(key)}.*row 1"):
+        list(queries)
+
+
 def test_prvr_nan_query_token_names_hdf5_and_cap_id(corpus_copy):
     _, query_file, _ = prvr_paths(corpus_copy)
     key = first_query(query_file)
