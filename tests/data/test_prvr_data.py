@@ -180,3 +180,27 @@ def test_eval_batches_built_in_place_equal_the_collated_items(tiny_corpus):
                 assert batch.keys() == expected.keys()
                 for key, value in expected.items():
                     assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+
+
+def test_training_batches_built_in_place_equal_the_collated_items(tiny_corpus):
+    """Training batches (videos with every one of their queries) are built whole too: the
+    tensors of collating the items one by one, bit for bit (frames pooled above max_frames=9,
+    queries truncated to max_words=4), and every video once an epoch."""
+    from partial_relevance.data.collate import PrebuiltBatch
+    from partial_relevance.data.prvr import collate_videos
+
+    dm = PrvrDataModule(root=str(tiny_corpus.prvr_root), batch_size=5, max_frames=9, max_words=4)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    dataset = loader.dataset
+    orders = [list(indices) for indices in loader.batch_sampler]
+    assert len(orders) == 5  # 24 videos, 5 a batch
+    for indices in orders:
+        batch = dataset.__getitems__(indices)
+        assert isinstance(batch, PrebuiltBatch)
+        expected = collate_videos([dataset[i] for i in indices])
+        assert list(batch) == list(expected)
+        for key, value in expected.items():
+            assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+    seen = sorted(int(i) for batch in loader for i in batch["video_index"])
+    assert seen == list(range(24))
