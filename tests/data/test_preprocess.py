@@ -93,7 +93,8 @@ def test_video_batch_is_the_per_video_inputs_stacked_and_padded_bit_for_bit(max_
     videos pooled above `max_frames` (9) and kept below it."""
     rng = np.random.default_rng(0)
     videos = [rng.normal(size=(n, 24)).astype(np.float32) for n in (17, 3, 40, 9, 1)]
-    moments, frames, mask = prvr_video_batch(videos, num_moments=8, max_frames=max_frames)
+    lengths = [len(v) for v in videos]
+    moments, frames, mask = prvr_video_batch(iter(videos), lengths, 24, 8, max_frames)
     kept = [min(len(v), max_frames) for v in videos]
     assert moments.shape == (5, 8, 24) and frames.shape == (5, max(kept), 24)
     assert mask.tolist() == [[i < n for i in range(max(kept))] for n in kept]
@@ -103,7 +104,13 @@ def test_video_batch_is_the_per_video_inputs_stacked_and_padded_bit_for_bit(max_
         assert np.array_equal(frames[row, : kept[row]], expected_frames)
         assert not frames[row, kept[row] :].any()  # zero padding
     with pytest.raises(ValueError, match="zero videos"):
-        prvr_video_batch([])
+        prvr_video_batch([], [], 24)
+    with pytest.raises(ValueError, match=r"video 1 of the batch is \[3, 24\], expected \[4, 24\]"):
+        prvr_video_batch(videos[:2], [17, 4], 24)
+    with pytest.raises(ValueError, match="1 videos for a batch of 2"):
+        prvr_video_batch(videos[:1], [17, 3], 24)
+    with pytest.raises(ValueError, match="video 1 of the batch .* expected no video"):
+        prvr_video_batch(videos[:2], [17], 24)
 
 
 def test_normalise_and_pool_into_out_give_the_same_bits():

@@ -127,6 +127,10 @@ class PrvrCorpus:
         """The video's frame features `[n, D]` as stored (before pooling and normalisation)."""
         return self.video_store.get(video_id)
 
+    def video_length(self, video_id: str) -> int | None:
+        """The video's stored frame count, without a read (None where the store cannot tell)."""
+        return self.video_store.length(video_id)
+
     def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(moment clips [32, D], frames [<=128, D]) for one video, L2-normalised."""
         return prvr_video_inputs(self.video_frames(video_id), self.num_moments, self.max_frames)
@@ -142,11 +146,19 @@ class PrvrCorpus:
 
 def video_batch(corpus: Any, video_ids: list[str], indices: list[int]) -> PrebuiltBatch:
     """The video half of `collate_videos` for the split videos `indices`, built in place
-    (`prvr_video_batch`): video_index [b], moments [b, 32, D], frames [b, Tf, D], frame_mask."""
+    (`prvr_video_batch`): video_index [b], moments [b, 32, D], frames [b, Tf, D], frame_mask.
+
+    Where the corpus knows every video's length without a read (`video_length`), each video
+    is read and written into the batch before the next read; else all are read first."""
+    ids = [video_ids[index] for index in indices]
+    lengths = [corpus.video_length(video_id) for video_id in ids]
+    if all(n is not None for n in lengths):
+        videos: Any = (corpus.video_frames(video_id) for video_id in ids)
+    else:
+        videos = [corpus.video_frames(video_id) for video_id in ids]
+        lengths = [len(frames) for frames in videos]
     moments, frames, mask = prvr_video_batch(
-        [corpus.video_frames(video_ids[index]) for index in indices],
-        corpus.num_moments,
-        corpus.max_frames,
+        videos, lengths, corpus.video_dim, corpus.num_moments, corpus.max_frames
     )
     return PrebuiltBatch(
         video_index=torch.tensor(indices, dtype=torch.long),

@@ -91,6 +91,10 @@ class PrvrVcmrView:
         video = self.corpus.video_inputs(video_id)
         return prvr_clip_features(video.visual, video.subtitle, video.sub_mask, self.subtitle_mode)
 
+    def video_length(self, video_id: str) -> None:
+        """Unknown before the read (the clips are aligned with the subtitles and pooled)."""
+        return None
+
     def video_inputs(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(moments `[T_m, D]`, frames `[min(L, max_frames), D]`), L2-normalised after pooling."""
         return prvr_video_inputs(self.video_frames(video_id), self.num_moments, self.max_frames)
