@@ -91,7 +91,8 @@ def prvr_video_batch(
 
     Each video is pooled and normalised straight into its row of the batch arrays: the same
     numbers as stacking and padding the per-video results, without their per-video arrays or
-    the copy into the batch (an evaluation batch of 64 TVR videos: a fifth less loader time).
+    the copy into the batch (TVR-shaped evaluation: ~40 % less loader time, benchmarks/README
+    lever 32).
     `videos` may be a generator of reads: each is written into the batch before the next is
     read, so one video's stored frames are held at a time. `lengths` are the videos' frame
     counts (from the store, known before the reads) and `dim` their feature dim; a video of
