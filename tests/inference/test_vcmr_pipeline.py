@@ -209,6 +209,20 @@ def test_grouped_localization_and_reused_gt_logits_change_nothing(datamodule):
         np.testing.assert_allclose(rows[:, :3], small.svmr[desc_id][:, :3], atol=1e-6)
 
 
+def test_cache_pairs_trims_before_gathering(datamodule):
+    """`VideoCache.pairs` gives each pair's encoding trimmed to the longest of the pairs'
+    videos, the same values as gathering whole rows and trimming, in contiguous tensors."""
+    cache = VideoCache.build(tiny_net(), datamodule.video_loader("val"), "cpu")
+    shortest = torch.argsort(cache.num_clips)[:3]
+    index = torch.cat([shortest, shortest[:1]])  # a repeated video too
+    pairs = cache.pairs(index)
+    length = int(cache.num_clips[index].max())
+    assert length < cache.encoding["vis"].shape[1]  # something is trimmed
+    for key, value in cache.encoding.items():
+        assert pairs[key].is_contiguous()
+        assert torch.equal(pairs[key], value[index][:, :length]), key
+
+
 def test_bf16_inference_agrees_with_fp32(datamodule):
     """`inference.precision=bf16` (a bf16 copy and bf16 cache) keeps the fp32 weights and
     puts most queries' best moment in the same video as fp32 does."""

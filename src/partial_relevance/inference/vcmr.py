@@ -152,9 +152,10 @@ class VideoCache:
 
     def pairs(self, index: Tensor) -> dict[str, Tensor]:
         """Encodings of videos `index [P]` as `[P, L', ...]`, L' = the longest of them (padding
-        clips are masked everywhere, so trimming the rest changes nothing)."""
+        clips are masked everywhere, so trimming the rest changes nothing). Trimmed before the
+        gather: only the first L' clips of each video are copied, into contiguous tensors."""
         length = int(self.num_clips[index].max().clamp_min(1))
-        return {k: v[:, :length] for k, v in index_encoding(self.encoding, index).items()}
+        return {k: v[:, :length][index] for k, v in self.encoding.items()}
 
 
 class UniformLocalizer(nn.Module):

@@ -208,7 +208,7 @@ class BoundaryHead(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x `[P, L, D]`, mask `[P, L]` -> logits `[P, L]` (masked clips not yet filled)."""
         keep = mask[:, None, :].to(x.dtype)  # [P, 1, L]
-        hidden = torch.relu(self.conv1(x.transpose(1, 2) * keep))  # [P, D, L]
+        hidden = F.relu(self.conv1(x.transpose(1, 2) * keep), inplace=True)  # [P, D, L]
         return self.conv2(hidden * keep).squeeze(1)  # [P, L]
 
 
