@@ -269,7 +269,10 @@ def main() -> None:
     )
     add_reference_bf16_argument(parser)
     parser.add_argument(
-        "--no-cache-queries", type=int, default=16, help="queries timed without the cache (fp32)"
+        "--no-cache-queries",
+        type=int,
+        default=16,
+        help="queries timed without the cache (fp32); 0 leaves that row out",
     )
     parser.add_argument(
         "--lengths",
@@ -284,6 +287,8 @@ def main() -> None:
     unknown = [p for p in args.precisions.split(",") if p and p not in PRECISION_MODES]
     if unknown:
         parser.error(f"--precisions: unknown {unknown}; choose from {list(PRECISION_MODES)}")
+    if args.no_cache_queries < 0:
+        parser.error(f"--no-cache-queries must be >= 0, got {args.no_cache_queries}")
     apply_host_settings(args.malloc)  # as `evaluate` does, before anything is allocated
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -381,39 +386,45 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
 
-        # CONQUER-style: every (query, video) pair re-encodes its video (fp32, fewer queries).
-        cfg = inference_config(args, "fp32")
+        # CONQUER-style: every (query, video) pair re-encodes its video (fp32, fewer queries;
+        # `--no-cache-queries 0` leaves the row out).
         nq = min(args.no_cache_queries, args.queries)
-        batch = {k: v[:nq] for k, v in batches[0].items()}
-        start = time.perf_counter()
-        own = torch.cat([batch["topk_video"], batch["video_index"][:, None]], 1)  # [b, k+1]
-        local = VideoCache.build(net, video_batches(videos, own.flatten().tolist(), 64), "cpu")
-        width = own.shape[1]  # k + 1 (k may be cut by a tiny corpus)
-        ids = torch.arange(nq * width).view(nq, width)
-        predict_queries(
-            net, local, {**batch, "topk_video": ids[:, :-1], "video_index": ids[:, -1]}, cfg
-        )
-        no_cache_s = time.perf_counter() - start
-        peak = sustained_matmul_flops(torch.float32) / 1e9
-        with count_flops() as counter:  # the same work, untimed
+        if nq > 0:
+            cfg = inference_config(args, "fp32")
+            batch = {k: v[:nq] for k, v in batches[0].items()}
+            start = time.perf_counter()
+            own = torch.cat([batch["topk_video"], batch["video_index"][:, None]], 1)  # [b, k+1]
             local = VideoCache.build(net, video_batches(videos, own.flatten().tolist(), 64), "cpu")
+            width = own.shape[1]  # k + 1 (k may be cut by a tiny corpus)
+            ids = torch.arange(nq * width).view(nq, width)
             predict_queries(
                 net, local, {**batch, "topk_video": ids[:, :-1], "video_index": ids[:, -1]}, cfg
             )
-        achieved = counter.get_total_flops() / 1e9 / no_cache_s
-        rows.append(
-            {
-                "mode": "no_cache fp32",
-                "pairs_per_s": round(nq * args.k / no_cache_s, 2),
-                "video_encode_s": None,
-                "tvr_val_extrapolated_min": round(no_cache_s / (nq * args.k) * tvr_pairs / 60, 2),
-                "achieved GFLOP/s": round(achieved, 1),
-                "matmul GFLOP/s": round(peak, 1),
-                "% of peak": percent_of_peak(achieved, peak),
-                "load avg": load_average()[:1],
-            }
-        )
-        print(rows[-1], flush=True)
+            no_cache_s = time.perf_counter() - start
+            peak = sustained_matmul_flops(torch.float32) / 1e9
+            with count_flops() as counter:  # the same work, untimed
+                local = VideoCache.build(
+                    net, video_batches(videos, own.flatten().tolist(), 64), "cpu"
+                )
+                predict_queries(
+                    net, local, {**batch, "topk_video": ids[:, :-1], "video_index": ids[:, -1]}, cfg
+                )
+            achieved = counter.get_total_flops() / 1e9 / no_cache_s
+            rows.append(
+                {
+                    "mode": "no_cache fp32",
+                    "pairs_per_s": round(nq * args.k / no_cache_s, 2),
+                    "video_encode_s": None,
+                    "tvr_val_extrapolated_min": round(
+                        no_cache_s / (nq * args.k) * tvr_pairs / 60, 2
+                    ),
+                    "achieved GFLOP/s": round(achieved, 1),
+                    "matmul GFLOP/s": round(peak, 1),
+                    "% of peak": percent_of_peak(achieved, peak),
+                    "load avg": load_average()[:1],
+                }
+            )
+            print(rows[-1], flush=True)
 
     machine = machine_facts()
     notes.append(

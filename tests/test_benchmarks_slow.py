@@ -53,3 +53,20 @@ def test_benchmark_runs_and_reports(script: str) -> None:
                 continue
             assert row["non-matmul s/step"] > 0 and row["slowest non-matmul ops"]
             assert row["peak RSS MiB (census)"] > 0
+
+
+def test_vcmr_benchmark_without_the_no_cache_row() -> None:
+    """`--no-cache-queries 0` times the cached rows alone (it once stopped on an empty batch)."""
+    script = BENCHMARKS / "bench_vcmr_inference.py"
+    args = "--queries 4 --videos 12 --batch 4 --no-cache-queries 0 --precisions fp32 --no-save"
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, str(script), *args.split()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [row["mode"] for row in report["rows"]] == ["cached fp32"]
