@@ -50,6 +50,12 @@ COLUMNS = (
     "non-matmul s/step",
     projection_column("projected % of peak", REFERENCE_BF16_GFLOPS),
     "peak RSS MiB (census)",
+    # bench_vcmr_inference's rows (cached fp32, bf16-census)
+    "tvr_val_extrapolated_min",
+    "localize_s",
+    "non-matmul s",
+    projection_column("matmul efficiency", REFERENCE_BF16_GFLOPS),
+    projection_column("projected TVR val min", REFERENCE_BF16_GFLOPS),
 )
 
 

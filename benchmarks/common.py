@@ -917,6 +917,23 @@ def projected_from_stages(
     return {"GFLOP": round(flops, 1), **projected}
 
 
+# bench_vcmr_inference's census column of TVR val's minutes without the census's own overhead.
+VCMR_LEAN_MINUTES = "projected TVR val min, census overhead removed"
+
+
+def without_census_overhead(
+    stages: dict[str, dict[str, float]], overhead: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """`stages` (as `projected_from_stages` takes them) with each stage's wall seconds less the
+    census's own overhead measured for it (`overhead[name]` s, e.g. the same work's wall under
+    an OpCensus minus its eager wall, in fp32); a wall never drops below its products'
+    seconds."""
+    return {
+        name: {**stage, "wall": max(stage["matmul"], stage["wall"] - overhead.get(name, 0.0))}
+        for name, stage in stages.items()
+    }
+
+
 def projected_share_of_peak(
     flops: float, matmul_s: float, other_s: float, ran_gflops: float, reference_gflops: float
 ) -> dict[str, float]:

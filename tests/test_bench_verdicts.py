@@ -98,3 +98,15 @@ def test_emulated_bf16_shows_the_census_projection_beside_not_measurable():
     tvr_val = rows["VCMR over TVR val, bf16: ≤ 5 min"]
     assert tvr_val["verdict"].startswith("not measurable") and tvr_val["measured"] is None
     assert tvr_val[estimate] == f"{minutes}: 5.19"
+
+
+def test_vcmr_census_estimate_shows_both_projections():
+    """VCMR's census row gives TVR val's minutes as projected and without the census's own
+    overhead; the verdict row shows both, in that order, and stays "not measurable"."""
+    minutes = "projected TVR val min @ bf16 415 GFLOP/s"
+    lean = "projected TVR val min, census overhead removed @ bf16 415 GFLOP/s"
+    vcmr = {"rows": [{"mode": "cached bf16-census", minutes: 5.28, lean: 5.02}]}
+    rows = {r["target"]: r for r in run_all.verdicts({"bench_vcmr_inference": vcmr}, "emulated")}
+    tvr_val = rows["VCMR over TVR val, bf16: ≤ 5 min"]
+    assert tvr_val["verdict"].startswith("not measurable") and tvr_val["measured"] is None
+    assert tvr_val[run_all.CENSUS_COLUMN] == f"{minutes}: 5.28; {lean}: 5.02"

@@ -43,6 +43,9 @@ def test_benchmark_runs_and_reports(script: str) -> None:
             assert 0 < row["projected % of peak @ bf16 415 GFLOP/s"] <= 100
             if script == "bench_vcmr_inference.py":  # TVR val's minutes
                 assert row["projected TVR val min @ bf16 415 GFLOP/s"] > 0
+                lean = "projected TVR val min, census overhead removed @ bf16 415 GFLOP/s"
+                assert 0 < row[lean] <= row["projected TVR val min @ bf16 415 GFLOP/s"]
+                assert all(s >= 0 for s in row["census overhead s (fp32)"])
                 assert row["non-matmul s"] > 0 and row["localize_s"] > 0
                 continue
             if script == "bench_prvr_eval.py":  # the TVR-scale evaluation's, by stage
