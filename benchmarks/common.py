@@ -762,8 +762,18 @@ class OpCensus(TorchDispatchMode):
 def _proxied_in_fp32(func: Any, args: Any, kwargs: dict[str, Any]) -> Any:
     """`func(*args, **kwargs)` with its bf16 tensors upcast to fp32 and its outputs rounded back
     to bf16; an `out=` overload runs as its functional overload and copies into `out` (the
-    caller's buffer must get the result, not an fp32 copy of it)."""
-    upcast = functools.partial(_cast_floating, torch.bfloat16, torch.float32)
+    caller's buffer must get the result, not an fp32 copy of it). A tensor passed more than
+    once (self-attention's query, key and value) is upcast once and passed as one tensor, as
+    the bf16 call passes it: no extra casts, and the op's same-tensor paths are kept."""
+    upcasts: dict[int, torch.Tensor] = {}
+
+    def upcast(x: Any) -> Any:
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16):
+            return x
+        if id(x) not in upcasts:
+            upcasts[id(x)] = x.to(torch.float32)
+        return upcasts[id(x)]
+
     if "out" in kwargs:
         kwargs = dict(kwargs)
         out = kwargs.pop("out")

@@ -245,3 +245,23 @@ def test_census_overhead_leaves_the_rest_and_never_the_products_hand_case():
     assert full["matmul efficiency"] == less["matmul efficiency"] == 0.5
     assert full["projected step s"] == pytest.approx(47.0 + 12.0)
     assert less["projected step s"] == pytest.approx(47.0 + 1.2)
+
+
+def test_bf16_proxy_upcasts_a_tensor_passed_twice_once():
+    """A bf16 tensor passed as several arguments (self-attention's query, key and value)
+    reaches the fp32 op as one upcast tensor, as the bf16 call passes one tensor; distinct
+    tensors stay distinct, non-bf16 arguments pass as they are, the result is rounded back."""
+    seen: list[torch.Tensor] = []
+
+    def op(*args: torch.Tensor) -> torch.Tensor:
+        seen.extend(args)
+        return args[0] * args[1] + args[2] + args[3]
+
+    x = torch.randn(4).bfloat16()
+    y = torch.randn(4).bfloat16()
+    z = torch.randn(4)
+    out = common._proxied_in_fp32(op, (x, x, y, z), {})
+    assert [t.dtype for t in seen] == [torch.float32] * 4
+    assert seen[0] is seen[1] and seen[2] is not seen[0] and seen[3] is z
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, (x.float() * x.float() + y.float() + z).bfloat16())
