@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     REFERENCE_BF16_GFLOPS,
+    VCMR_LEAN_MINUTES,
     last_json_line,
     load_average,
     machine_facts,
@@ -56,6 +57,7 @@ COLUMNS = (
     "non-matmul s",
     projection_column("matmul efficiency", REFERENCE_BF16_GFLOPS),
     projection_column("projected TVR val min", REFERENCE_BF16_GFLOPS),
+    projection_column(VCMR_LEAN_MINUTES, REFERENCE_BF16_GFLOPS),
 )
 
 
