@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
+    EVAL_LEAN_SHARE,
     REFERENCE_BF16_GFLOPS,
     VCMR_LEAN_MINUTES,
     last_json_line,
@@ -58,6 +59,7 @@ COLUMNS = (
     projection_column("matmul efficiency", REFERENCE_BF16_GFLOPS),
     projection_column("projected TVR val min", REFERENCE_BF16_GFLOPS),
     projection_column(VCMR_LEAN_MINUTES, REFERENCE_BF16_GFLOPS),
+    projection_column(EVAL_LEAN_SHARE, REFERENCE_BF16_GFLOPS),
 )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -119,16 +120,22 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     sizes = {"video_dim": dm.corpus.video_dim, "query_dim": dm.corpus.query_dim}
     net = PrvrBaseModel(**{**bench.net_arguments("prvr"), **sizes, "hidden_dim": args.hidden})
     precision, index_dtype = CONFIGS[args.config.removesuffix(CENSUS)]
-    evaluation = [f"model.evaluation.precision={precision}"]
-    evaluation.append(f"model.evaluation.index_dtype={index_dtype}")
-    sections = bench.model_sections("prvr", evaluation)
-    lit = PrvrLitModule(net, bench.optimizer_factory("prvr"), **sections)
-    lit.eval()
+
+    def lit_module(precision: str) -> PrvrLitModule:
+        """The evaluation's LightningModule around `net`, evaluating in `precision`."""
+        evaluation = [f"model.evaluation.precision={precision}"]
+        evaluation.append(f"model.evaluation.index_dtype={index_dtype}")
+        sections = bench.model_sections("prvr", evaluation)
+        return PrvrLitModule(net, bench.optimizer_factory("prvr"), **sections).eval()
+
+    lit = lit_module(precision)
     start = time.perf_counter()  # the loaders order videos and queries by their stored lengths
     videos_loader, queries_loader = dm.eval_dataloaders("val")
     order_s = time.perf_counter() - start
 
-    def evaluate(stage: Any = contextlib.nullcontext) -> tuple[list[float], list[Any]]:
+    def evaluate(
+        stage: Any = contextlib.nullcontext, lit: PrvrLitModule = lit
+    ) -> tuple[list[float], list[Any]]:
         """One evaluation pass -> (seconds of [video enc, of which reading, query enc,
         scoring], [videos, queries, index of one video, metrics]); `stage(name)` wraps each
         stage (a FLOP counter)."""
@@ -146,7 +153,8 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
         return [video_s, video_read_s, query_s, score_s], [n_videos, n_queries, index, metrics]
 
     if args.config.endswith(CENSUS):
-        return census_row(args, evaluate, order_s, precision)
+        fp32_evaluate = functools.partial(evaluate, lit=lit_module("fp32"))
+        return census_row(args, evaluate, order_s, precision, fp32_evaluate)
     (video_s, video_read_s, query_s, score_s), (n_videos, n_queries, index, metrics) = evaluate()
     peak = (
         bench.sustained_matmul_flops(torch.bfloat16 if precision == "bf16" else torch.float32) / 1e9
@@ -189,14 +197,51 @@ def run_child(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def stage_walls(times: list[float]) -> dict[str, float]:
+    """`evaluate`'s seconds [video enc, of which reading, query enc, scoring] by stage."""
+    video_s, _, query_s, score_s = times
+    return {"video": video_s, "query": query_s, "scoring": score_s}
+
+
+def census_overhead(fp32_evaluate: Any) -> dict[str, float]:
+    """The census's own seconds in each stage, measured: the same evaluation in fp32 run
+    eagerly and with each stage under an OpCensus without proxies, in turn, twice each; the
+    difference of the faster walls (at least 0) is what timing every op alone adds (its
+    Python dispatch, threads woken per op), not work a bf16 host would do."""
+    eager: list[dict[str, float]] = []
+    under: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def timed(name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with bench.OpCensus():
+            yield
+        under[-1][name] = time.perf_counter() - start
+
+    for _ in range(2):
+        eager.append(stage_walls(fp32_evaluate()[0]))
+        under.append({})
+        fp32_evaluate(timed)
+    return {
+        name: max(0.0, min(run[name] for run in under) - min(run[name] for run in eager))
+        for name in STAGES
+    }
+
+
 def census_row(
-    args: argparse.Namespace, evaluate: Any, order_s: float, precision: str
+    args: argparse.Namespace,
+    evaluate: Any,
+    order_s: float,
+    precision: str,
+    fp32_evaluate: Any,
 ) -> dict[str, Any]:
     """A `-census` configuration: one evaluation with each stage under `common.OpCensus`
     (bf16 products proxied in fp32 where this CPU has no bf16 units) and a second counting
     each stage's FLOPs -> seconds of products, of the other ops and outside any op (reads,
     Python), and for bf16 the TVR-scale evaluation's share of `--reference-bf16-gflops`
-    projected from them (`tvr_scale_projection`)."""
+    projected from them (`tvr_scale_projection`), then again without the census's own
+    overhead, measured on the same evaluation in fp32 (`census_overhead`, `fp32_evaluate`:
+    `evaluate` with the fp32 LightningModule)."""
     proxy = bench.census_proxies(precision)
     stages: dict[str, dict[str, float]] = {}
 
@@ -243,6 +288,15 @@ def census_row(
             stages, order_s, n_videos, n_queries, ran_gflops, reference
         )
         row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
+        overhead = census_overhead(fp32_evaluate)
+        lean = bench.without_census_overhead(stages, overhead)
+        projected_lean = tvr_scale_projection(
+            lean, order_s, n_videos, n_queries, ran_gflops, reference
+        )
+        row["census overhead s (fp32)"] = {name: round(overhead[name], 3) for name in STAGES}
+        row[bench.projection_column(bench.EVAL_LEAN_SHARE, reference)] = projected_lean[
+            "projected % of peak"
+        ]
     row["SumR (random model)"] = round(metrics["SumR"], 2)
     row["load avg"] = bench.load_average()[:1]
     return row

@@ -214,14 +214,16 @@ STAGES = ("encode", "localize")  # run_all's two timed parts
 
 def census_overhead(fp32_run_all: Any) -> dict[str, float]:
     """The census's own seconds in each stage, measured: the same work in fp32 run eagerly
-    (twice, the faster kept) and under an OpCensus without proxies; the difference of the
-    walls (at least 0) is what timing every op alone adds (its Python dispatch, threads
-    woken per op), not work a bf16 host would do."""
-    eager = [fp32_run_all() for _ in range(2)]
-    under = fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__)
+    and under an OpCensus without proxies, in turn, twice each; the difference of the faster
+    walls (at least 0) is what timing every op alone adds (its Python dispatch, threads woken
+    per op), not work a bf16 host would do."""
+    eager, under = [], []
+    for _ in range(2):
+        eager.append(fp32_run_all())
+        under.append(fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__))
     return {
-        name: max(0.0, census_s - min(run[i] for run in eager))
-        for i, (name, census_s) in enumerate(zip(STAGES, under, strict=True))
+        name: max(0.0, min(run[i] for run in under) - min(run[i] for run in eager))
+        for i, name in enumerate(STAGES)
     }
 
 

@@ -929,6 +929,8 @@ def projected_from_stages(
 
 # bench_vcmr_inference's census column of TVR val's minutes without the census's own overhead.
 VCMR_LEAN_MINUTES = "projected TVR val min, census overhead removed"
+# bench_prvr_eval's census column of the TVR-scale evaluation's share without that overhead.
+EVAL_LEAN_SHARE = "projected % of peak, census overhead removed"
 
 
 def without_census_overhead(

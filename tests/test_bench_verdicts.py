@@ -110,3 +110,18 @@ def test_vcmr_census_estimate_shows_both_projections():
     tvr_val = rows["VCMR over TVR val, bf16: ≤ 5 min"]
     assert tvr_val["verdict"].startswith("not measurable") and tvr_val["measured"] is None
     assert tvr_val[run_all.CENSUS_COLUMN] == f"{minutes}: 5.28; {lean}: 5.02"
+
+
+def test_eval_census_estimate_shows_both_projections():
+    """The evaluation's census row likewise: its share as projected and without the census's
+    own overhead, both beside "not measurable"."""
+    share = "projected % of peak @ bf16 415 GFLOP/s"
+    lean = "projected % of peak, census overhead removed @ bf16 415 GFLOP/s"
+    census = {"config": "bf16-fp16index-census", share: 51.4, lean: 56.0}
+    rows = {
+        r["target"]: r
+        for r in run_all.verdicts({"bench_prvr_eval": {"rows": [census]}}, "emulated")
+    }
+    tvr = rows["TVR-scale eval, bf16: ≥ 50 % of bf16 peak"]
+    assert tvr["verdict"].startswith("not measurable") and tvr["measured"] is None
+    assert tvr[run_all.CENSUS_COLUMN] == f"{share}: 51.4; {lean}: 56.0"

@@ -50,6 +50,9 @@ def test_benchmark_runs_and_reports(script: str) -> None:
                 continue
             if script == "bench_prvr_eval.py":  # the TVR-scale evaluation's, by stage
                 assert row["non-matmul s"] > 0 and row["outside ops s"] > 0
+                lean = "projected % of peak, census overhead removed @ bf16 415 GFLOP/s"
+                assert row["projected % of peak @ bf16 415 GFLOP/s"] <= row[lean] <= 100
+                assert set(row["census overhead s (fp32)"]) == {"video", "query", "scoring"}
                 assert set(row["stages [wall s, matmul s, non-matmul s, GFLOP]"]) == {
                     *("video", "query", "scoring")
                 }
