@@ -26,9 +26,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
-    EVAL_LEAN_SHARE,
+    EAGER_MINUTES,
+    EAGER_SHARE,
     REFERENCE_BF16_GFLOPS,
-    VCMR_LEAN_MINUTES,
     last_json_line,
     load_average,
     machine_facts,
@@ -58,8 +58,8 @@ COLUMNS = (
     "non-matmul s",
     projection_column("matmul efficiency", REFERENCE_BF16_GFLOPS),
     projection_column("projected TVR val min", REFERENCE_BF16_GFLOPS),
-    projection_column(VCMR_LEAN_MINUTES, REFERENCE_BF16_GFLOPS),
-    projection_column(EVAL_LEAN_SHARE, REFERENCE_BF16_GFLOPS),
+    projection_column(EAGER_MINUTES, REFERENCE_BF16_GFLOPS),
+    projection_column(EAGER_SHARE, REFERENCE_BF16_GFLOPS),
 )
 
 

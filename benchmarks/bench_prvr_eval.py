@@ -203,11 +203,11 @@ def stage_walls(times: list[float]) -> dict[str, float]:
     return {"video": video_s, "query": query_s, "scoring": score_s}
 
 
-def census_overhead(fp32_evaluate: Any) -> dict[str, float]:
-    """The census's own seconds in each stage, measured: the same evaluation in fp32 run
-    eagerly and with each stage under an OpCensus without proxies, in turn, twice each; the
-    difference of the faster walls (at least 0) is what timing every op alone adds (its
-    Python dispatch, threads woken per op), not work a bf16 host would do."""
+def census_minus_eager(fp32_evaluate: Any) -> dict[str, float]:
+    """Each stage's wall under a census less its eager wall, measured: the same evaluation in
+    fp32 run eagerly and with each stage under an OpCensus without proxies, in turn, twice
+    each, the faster of each. What timing every op alone adds (its Python dispatch, threads
+    woken per op), not work a bf16 host would do; signed (noise can make it negative)."""
     eager: list[dict[str, float]] = []
     under: list[dict[str, float]] = []
 
@@ -223,8 +223,7 @@ def census_overhead(fp32_evaluate: Any) -> dict[str, float]:
         under.append({})
         fp32_evaluate(timed)
     return {
-        name: max(0.0, min(run[name] for run in under) - min(run[name] for run in eager))
-        for name in STAGES
+        name: min(run[name] for run in under) - min(run[name] for run in eager) for name in STAGES
     }
 
 
@@ -239,9 +238,9 @@ def census_row(
     (bf16 products proxied in fp32 where this CPU has no bf16 units) and a second counting
     each stage's FLOPs -> seconds of products, of the other ops and outside any op (reads,
     Python), and for bf16 the TVR-scale evaluation's share of `--reference-bf16-gflops`
-    projected from them (`tvr_scale_projection`), then again without the census's own
-    overhead, measured on the same evaluation in fp32 (`census_overhead`, `fp32_evaluate`:
-    `evaluate` with the fp32 LightningModule)."""
+    projected from them (`tvr_scale_projection`), then again with each stage's wall corrected
+    to an eager run's, as measured on the same evaluation in fp32 (`census_minus_eager`,
+    `fp32_evaluate`: `evaluate` with the fp32 LightningModule)."""
     proxy = bench.census_proxies(precision)
     stages: dict[str, dict[str, float]] = {}
 
@@ -288,13 +287,13 @@ def census_row(
             stages, order_s, n_videos, n_queries, ran_gflops, reference
         )
         row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
-        overhead = census_overhead(fp32_evaluate)
-        lean = bench.without_census_overhead(stages, overhead)
+        excess = census_minus_eager(fp32_evaluate)
+        lean = bench.corrected_to_eager(stages, excess)
         projected_lean = tvr_scale_projection(
             lean, order_s, n_videos, n_queries, ran_gflops, reference
         )
-        row["census overhead s (fp32)"] = {name: round(overhead[name], 3) for name in STAGES}
-        row[bench.projection_column(bench.EVAL_LEAN_SHARE, reference)] = projected_lean[
+        row["census − eager s (fp32)"] = {name: round(excess[name], 3) for name in STAGES}
+        row[bench.projection_column(bench.EAGER_SHARE, reference)] = projected_lean[
             "projected % of peak"
         ]
     row["SumR (random model)"] = round(metrics["SumR"], 2)

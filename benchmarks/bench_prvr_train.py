@@ -103,6 +103,27 @@ def training_step(
     return terms
 
 
+def census_minus_eager(lit: PrvrLitModule, optimizer: Any, stream: Any) -> float:
+    """A step's census seconds less its eager wall, measured: fp32 training steps of the same
+    model (one to warm up, then in turn eager and under an OpCensus without proxies, twice
+    each, the faster of each); the census's seconds are its ops' (products and the rest), so
+    the difference nets what timing every op alone adds against the Python between ops that an
+    eager step spends and the census does not count. Signed: negative, the op-timed estimate
+    has left time out."""
+    training_step(lit, optimizer, next(stream), "fp32", update=True)
+    eager, under = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        training_step(lit, optimizer, next(stream), "fp32", update=True)
+        eager.append(time.perf_counter() - start)
+        census = bench.OpCensus()
+        with census:
+            training_step(lit, optimizer, next(stream), "fp32", update=True)
+        matmul_s, other_s, _ = census.totals()
+        under.append(matmul_s + other_s)
+    return min(under) - min(eager)
+
+
 def census_row(
     args: argparse.Namespace, lit: PrvrLitModule, optimizer: Any, stream: Any, precision: str
 ) -> dict[str, Any]:
@@ -155,6 +176,13 @@ def census_row(
         row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
     row["slowest non-matmul ops"] = census.top(10, args.steps)
     row["load avg"] = bench.load_average()[:1]
+    if precision == "bf16" and args.census_eager:  # after the row's own numbers
+        excess = census_minus_eager(lit, optimizer, stream)
+        lean = bench.projected_share_of_peak(
+            flops, matmul_s, max(0.0, other_s - excess), ran_gflops, reference
+        )
+        row["census − eager s/step (fp32)"] = round(excess, 3)
+        row[bench.projection_column(bench.EAGER_SHARE, reference)] = lean["projected % of peak"]
     if args.memory and not args.recompute_elementwise:  # as in timed rows: exact under a proxy
         with bench.SavedActivations(lit) as saved, bench.OpCensus(proxy):
             training_step(lit, optimizer, next(stream), precision, update=False)
@@ -274,6 +302,13 @@ def main() -> None:
         default=True,
         help="one more untimed step that sums the saved activations by module",
     )
+    parser.add_argument(
+        "--census-eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 `-census` rows: measure the census's seconds against an eager step's on fp32 "
+        "steps of the same model (5 more steps) and project the share corrected to eager",
+    )
     bench.add_reference_bf16_argument(parser)
     args = parser.parse_args()
 
@@ -283,7 +318,7 @@ def main() -> None:
 
     child_args = (
         *("batch_videos", "steps", "warmup", "num_workers", "hidden", "layers", "dropout"),
-        *("recompute_elementwise", "memory", "reference_bf16_gflops"),
+        *("recompute_elementwise", "memory", "census_eager", "reference_bf16_gflops"),
     )
     done = bench.run_parent_or_child(
         parser,

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import (
-    VCMR_LEAN_MINUTES,
+    EAGER_MINUTES,
     OpCensus,
     add_malloc_argument,
     add_peer_ratio,
@@ -51,6 +51,7 @@ from common import (
     apply_host_settings,
     census_products,
     census_proxies,
+    corrected_to_eager,
     count_flops,
     load_average,
     machine_facts,
@@ -62,7 +63,6 @@ from common import (
     projection_column,
     record_result,
     sustained_matmul_flops,
-    without_census_overhead,
 )
 
 from partial_relevance.data.annotations import read_tvr_jsonl
@@ -212,17 +212,17 @@ def query_batch(
 STAGES = ("encode", "localize")  # run_all's two timed parts
 
 
-def census_overhead(fp32_run_all: Any) -> dict[str, float]:
-    """The census's own seconds in each stage, measured: the same work in fp32 run eagerly
-    and under an OpCensus without proxies, in turn, twice each; the difference of the faster
-    walls (at least 0) is what timing every op alone adds (its Python dispatch, threads woken
-    per op), not work a bf16 host would do."""
+def census_minus_eager(fp32_run_all: Any) -> dict[str, float]:
+    """Each stage's wall under a census less its eager wall, measured: the same work in fp32
+    run eagerly and under an OpCensus without proxies, in turn, twice each, the faster of
+    each. What timing every op alone adds (its Python dispatch, threads woken per op), not
+    work a bf16 host would do; signed (noise can make it negative)."""
     eager, under = [], []
     for _ in range(2):
         eager.append(fp32_run_all())
         under.append(fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__))
     return {
-        name: max(0.0, min(run[i] for run in under) - min(run[i] for run in eager))
+        name: min(run[i] for run in under) - min(run[i] for run in eager)
         for i, name in enumerate(STAGES)
     }
 
@@ -240,8 +240,8 @@ def census_row(
     each under an OpCensus, then again counting each part's FLOPs -> TVR val's minutes and
     share of `--reference-bf16-gflops` projected from them (encoding scaled by videos,
     localization by pairs; everything but the products as measured here). A second minutes
-    column leaves out the census's own overhead, measured on the same work in fp32
-    (`census_overhead`, `fp32_run_all`: `run_all` with the fp32 net)."""
+    column corrects each stage's wall to an eager run's, as measured on the same work in fp32
+    (`census_minus_eager`, `fp32_run_all`: `run_all` with the fp32 net)."""
     censuses = [observed(), observed()]
     encode_s, cached_s = run_all(stage=iter(censuses).__next__)
     ran_as, ran_label = census_products(mode.removesuffix(CENSUS), proxy)
@@ -265,8 +265,8 @@ def census_row(
     factors = {"encode": TVR_VAL_VIDEOS / args.videos, "localize": TVR_VAL_QUERIES * args.k / pairs}
     reference = args.reference_bf16_gflops
     projected = projected_from_stages(stages, factors, 0.0, ran_gflops, reference)
-    overhead = census_overhead(fp32_run_all)
-    lean = without_census_overhead(stages, overhead)
+    excess = census_minus_eager(fp32_run_all)
+    lean = corrected_to_eager(stages, excess)
     projected_lean = projected_from_stages(lean, factors, 0.0, ran_gflops, reference)
     return {
         "mode": f"cached {mode}",
@@ -282,8 +282,8 @@ def census_row(
             projected["projected step s"] / 60, 2
         ),
         projection_column("projected % of peak", reference): projected["projected % of peak"],
-        "census overhead s (fp32)": [round(overhead[name], 3) for name in STAGES],
-        projection_column(VCMR_LEAN_MINUTES, reference): round(
+        "census − eager s (fp32)": [round(excess[name], 3) for name in STAGES],
+        projection_column(EAGER_MINUTES, reference): round(
             projected_lean["projected step s"] / 60, 2
         ),
         "load avg": load_average()[:1],

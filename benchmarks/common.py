@@ -927,21 +927,25 @@ def projected_from_stages(
     return {"GFLOP": round(flops, 1), **projected}
 
 
-# bench_vcmr_inference's census column of TVR val's minutes without the census's own overhead.
-VCMR_LEAN_MINUTES = "projected TVR val min, census overhead removed"
-# bench_prvr_eval's census column of the TVR-scale evaluation's share without that overhead.
-EVAL_LEAN_SHARE = "projected % of peak, census overhead removed"
+# A census row's projection corrected to an eager run: the census's seconds less its excess
+# over the same work run eagerly, both measured in fp32 (signed: the op-timed training census
+# leaves out the Python between ops, so there the correction adds time).
+EAGER_MINUTES = "projected TVR val min, census corrected to eager"  # bench_vcmr_inference
+EAGER_SHARE = "projected % of peak, census corrected to eager"  # bench_prvr_eval, _train
 
 
-def without_census_overhead(
-    stages: dict[str, dict[str, float]], overhead: dict[str, float]
+def corrected_to_eager(
+    stages: dict[str, dict[str, float]], census_minus_eager: dict[str, float]
 ) -> dict[str, dict[str, float]]:
     """`stages` (as `projected_from_stages` takes them) with each stage's wall seconds less the
-    census's own overhead measured for it (`overhead[name]` s, e.g. the same work's wall under
-    an OpCensus minus its eager wall, in fp32); a wall never drops below its products'
-    seconds."""
+    census's excess over an eager run measured for it (`census_minus_eager[name]` s: the same
+    work's wall under an OpCensus minus its eager wall, in fp32; negative adds time); a wall
+    never drops below its products' seconds."""
     return {
-        name: {**stage, "wall": max(stage["matmul"], stage["wall"] - overhead.get(name, 0.0))}
+        name: {
+            **stage,
+            "wall": max(stage["matmul"], stage["wall"] - census_minus_eager.get(name, 0.0)),
+        }
         for name, stage in stages.items()
     }
 

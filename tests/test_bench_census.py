@@ -223,28 +223,31 @@ def test_bf16_proxy_runs_multihead_attentions_fast_path_in_fp32():
     torch.testing.assert_close(out.float(), reference, rtol=3e-2, atol=3e-2)
 
 
-def test_census_overhead_leaves_the_rest_and_never_the_products_hand_case():
-    """`without_census_overhead`: encode wall 3 s (products 2) less 0.4 s of overhead -> 2.6;
-    localize wall 10 s (products 9) less 1.5 s would go under its products -> 9; a stage
-    without a measured overhead keeps its wall. Projected (factors 2 and 10, 110 GFLOP/s here,
-    efficiency 0.5, 220 at the reference): products 4 + 90 = 94 s here -> 47 s there; the rest
-    2·0.6 + 10·0 = 1.2 s instead of 2·1 + 10·1 = 12 s."""
+def test_corrected_to_eager_hand_case():
+    """`corrected_to_eager`: encode wall 3 s (products 2) less the census's 0.4 s excess over
+    eager -> 2.6; localize wall 10 s (products 9) less 1.5 s would go under its products -> 9;
+    a negative excess (the eager run slower) adds time: 1.0 + 0.2 -> 1.2. Projected with
+    factors 2, 10 and 1: 2·110 + 10·495 + 27.5 = 5,197.5 GFLOP, products 2·2 + 10·9 + 0.5 =
+    94.5 s here at 110 GFLOP/s (efficiency 0.5), so 5,197.5 / (220 · 0.5) = 47.25 s at 220;
+    the rest 2·1 + 10·1 + 0.5 = 12.5 s as measured, 2·0.6 + 10·0 + 0.7 = 1.9 s corrected."""
     stages = {
         "encode": {"wall": 3.0, "matmul": 2.0, "gflop": 110.0},
         "localize": {"wall": 10.0, "matmul": 9.0, "gflop": 495.0},
-        "other": {"wall": 1.0, "matmul": 0.5, "gflop": 0.0},
+        "other": {"wall": 1.0, "matmul": 0.5, "gflop": 27.5},
     }
-    lean = common.without_census_overhead(stages, {"encode": 0.4, "localize": 1.5})
-    assert lean["encode"] == {"wall": pytest.approx(2.6), "matmul": 2.0, "gflop": 110.0}
-    assert lean["localize"]["wall"] == 9.0
-    assert lean["other"] == stages["other"]
+    excess = {"encode": 0.4, "localize": 1.5, "other": -0.2}
+    eager = common.corrected_to_eager(stages, excess)
+    assert eager["encode"] == {"wall": pytest.approx(2.6), "matmul": 2.0, "gflop": 110.0}
+    assert eager["localize"]["wall"] == 9.0
+    assert eager["other"]["wall"] == pytest.approx(1.2)
+    assert common.corrected_to_eager(stages, {})["other"] == stages["other"]
     assert stages["encode"]["wall"] == 3.0  # the measured stages are left as they were
-    factors = {"encode": 2.0, "localize": 10.0}
+    factors = {"encode": 2.0, "localize": 10.0, "other": 1.0}
     full = common.projected_from_stages(stages, factors, 0.0, 110.0, 220.0)
-    less = common.projected_from_stages(lean, factors, 0.0, 110.0, 220.0)
+    less = common.projected_from_stages(eager, factors, 0.0, 110.0, 220.0)
     assert full["matmul efficiency"] == less["matmul efficiency"] == 0.5
-    assert full["projected step s"] == pytest.approx(47.0 + 12.0)
-    assert less["projected step s"] == pytest.approx(47.0 + 1.2)
+    assert full["projected step s"] == pytest.approx(47.25 + 12.5)
+    assert less["projected step s"] == pytest.approx(47.25 + 1.9)
 
 
 def test_bf16_proxy_upcasts_a_tensor_passed_twice_once():
