@@ -203,28 +203,19 @@ def stage_walls(times: list[float]) -> dict[str, float]:
     return {"video": video_s, "query": query_s, "scoring": score_s}
 
 
-def census_minus_eager(fp32_evaluate: Any) -> dict[str, float]:
-    """Each stage's wall under a census less its eager wall, measured: the same evaluation in
-    fp32 run eagerly and with each stage under an OpCensus without proxies, in turn, twice
-    each, the faster of each. What timing every op alone adds (its Python dispatch, threads
-    woken per op), not work a bf16 host would do; signed (noise can make it negative)."""
-    eager: list[dict[str, float]] = []
-    under: list[dict[str, float]] = []
+def census_walls(fp32_evaluate: Any) -> dict[str, float]:
+    """Each stage's wall in one evaluation with that stage under an OpCensus (no proxies)."""
+    walls: dict[str, float] = {}
 
     @contextlib.contextmanager
     def timed(name: str) -> Iterator[None]:
         start = time.perf_counter()
         with bench.OpCensus():
             yield
-        under[-1][name] = time.perf_counter() - start
+        walls[name] = time.perf_counter() - start
 
-    for _ in range(2):
-        eager.append(stage_walls(fp32_evaluate()[0]))
-        under.append({})
-        fp32_evaluate(timed)
-    return {
-        name: min(run[name] for run in under) - min(run[name] for run in eager) for name in STAGES
-    }
+    fp32_evaluate(timed)
+    return walls
 
 
 def census_row(
@@ -239,7 +230,7 @@ def census_row(
     each stage's FLOPs -> seconds of products, of the other ops and outside any op (reads,
     Python), and for bf16 the TVR-scale evaluation's share of `--reference-bf16-gflops`
     projected from them (`tvr_scale_projection`), then again with each stage's wall corrected
-    to an eager run's, as measured on the same evaluation in fp32 (`census_minus_eager`,
+    to an eager run's, as measured on the same evaluation in fp32 (`common.census_minus_eager`,
     `fp32_evaluate`: `evaluate` with the fp32 LightningModule)."""
     proxy = bench.census_proxies(precision)
     stages: dict[str, dict[str, float]] = {}
@@ -287,7 +278,9 @@ def census_row(
             stages, order_s, n_videos, n_queries, ran_gflops, reference
         )
         row |= {bench.projection_column(key, reference): value for key, value in projected.items()}
-        excess = census_minus_eager(fp32_evaluate)
+        excess = bench.census_minus_eager(  # the same evaluation in fp32
+            lambda: stage_walls(fp32_evaluate()[0]), lambda: census_walls(fp32_evaluate)
+        )
         lean = bench.corrected_to_eager(stages, excess)
         projected_lean = tvr_scale_projection(
             lean, order_s, n_videos, n_queries, ran_gflops, reference

@@ -103,25 +103,29 @@ def training_step(
     return terms
 
 
-def census_minus_eager(lit: PrvrLitModule, optimizer: Any, stream: Any) -> float:
-    """A step's census seconds less its eager wall, measured: fp32 training steps of the same
-    model (one to warm up, then in turn eager and under an OpCensus without proxies, twice
-    each, the faster of each); the census's seconds are its ops' (products and the rest), so
-    the difference nets what timing every op alone adds against the Python between ops that an
-    eager step spends and the census does not count. Signed: negative, the op-timed estimate
-    has left time out."""
-    training_step(lit, optimizer, next(stream), "fp32", update=True)
-    eager, under = [], []
-    for _ in range(2):
-        start = time.perf_counter()
+def step_census_minus_eager(lit: PrvrLitModule, optimizer: Any, stream: Any) -> float:
+    """A step's census seconds less its eager wall, fp32 steps of the same model (one to warm
+    up first; `common.census_minus_eager`). The census's seconds are its ops' (products and
+    the rest), so the difference nets what timing every op alone adds against the Python
+    between ops that an eager step spends and the census does not count: negative, the
+    op-timed estimate has left time out."""
+
+    def step() -> None:
         training_step(lit, optimizer, next(stream), "fp32", update=True)
-        eager.append(time.perf_counter() - start)
-        census = bench.OpCensus()
-        with census:
-            training_step(lit, optimizer, next(stream), "fp32", update=True)
-        matmul_s, other_s, _ = census.totals()
-        under.append(matmul_s + other_s)
-    return min(under) - min(eager)
+
+    def eager() -> dict[str, float]:
+        start = time.perf_counter()
+        step()
+        return {"step": time.perf_counter() - start}
+
+    def census() -> dict[str, float]:
+        with bench.OpCensus() as counted:
+            step()
+        matmul_s, other_s, _ = counted.totals()
+        return {"step": matmul_s + other_s}
+
+    step()
+    return bench.census_minus_eager(eager, census)["step"]
 
 
 def census_row(
@@ -177,7 +181,7 @@ def census_row(
     row["slowest non-matmul ops"] = census.top(10, args.steps)
     row["load avg"] = bench.load_average()[:1]
     if precision == "bf16" and args.census_eager:  # after the row's own numbers
-        excess = census_minus_eager(lit, optimizer, stream)
+        excess = step_census_minus_eager(lit, optimizer, stream)
         lean = bench.projected_share_of_peak(
             flops, matmul_s, max(0.0, other_s - excess), ran_gflops, reference
         )

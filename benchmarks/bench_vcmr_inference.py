@@ -49,6 +49,7 @@ from common import (
     add_peer_ratio,
     add_reference_bf16_argument,
     apply_host_settings,
+    census_minus_eager,
     census_products,
     census_proxies,
     corrected_to_eager,
@@ -212,21 +213,6 @@ def query_batch(
 STAGES = ("encode", "localize")  # run_all's two timed parts
 
 
-def census_minus_eager(fp32_run_all: Any) -> dict[str, float]:
-    """Each stage's wall under a census less its eager wall, measured: the same work in fp32
-    run eagerly and under an OpCensus without proxies, in turn, twice each, the faster of
-    each. What timing every op alone adds (its Python dispatch, threads woken per op), not
-    work a bf16 host would do; signed (noise can make it negative)."""
-    eager, under = [], []
-    for _ in range(2):
-        eager.append(fp32_run_all())
-        under.append(fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__))
-    return {
-        name: min(run[i] for run in under) - min(run[i] for run in eager)
-        for i, name in enumerate(STAGES)
-    }
-
-
 def census_row(
     args: argparse.Namespace,
     mode: str,
@@ -241,7 +227,7 @@ def census_row(
     share of `--reference-bf16-gflops` projected from them (encoding scaled by videos,
     localization by pairs; everything but the products as measured here). A second minutes
     column corrects each stage's wall to an eager run's, as measured on the same work in fp32
-    (`census_minus_eager`, `fp32_run_all`: `run_all` with the fp32 net)."""
+    (`common.census_minus_eager`, `fp32_run_all`: `run_all` with the fp32 net)."""
     censuses = [observed(), observed()]
     encode_s, cached_s = run_all(stage=iter(censuses).__next__)
     ran_as, ran_label = census_products(mode.removesuffix(CENSUS), proxy)
@@ -265,7 +251,12 @@ def census_row(
     factors = {"encode": TVR_VAL_VIDEOS / args.videos, "localize": TVR_VAL_QUERIES * args.k / pairs}
     reference = args.reference_bf16_gflops
     projected = projected_from_stages(stages, factors, 0.0, ran_gflops, reference)
-    excess = census_minus_eager(fp32_run_all)
+    excess = census_minus_eager(  # the same work in fp32, eager and under a census
+        lambda: dict(zip(STAGES, fp32_run_all(), strict=True)),
+        lambda: dict(
+            zip(STAGES, fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__), strict=True)
+        ),
+    )
     lean = corrected_to_eager(stages, excess)
     projected_lean = projected_from_stages(lean, factors, 0.0, ran_gflops, reference)
     return {

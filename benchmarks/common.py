@@ -934,18 +934,35 @@ EAGER_MINUTES = "projected TVR val min, census corrected to eager"  # bench_vcmr
 EAGER_SHARE = "projected % of peak, census corrected to eager"  # bench_prvr_eval, _train
 
 
+def census_minus_eager(
+    eager: Callable[[], dict[str, float]],
+    census: Callable[[], dict[str, float]],
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Each part's seconds under a census less its seconds in an eager run of the same work,
+    measured: `eager()` and `census()` (each -> seconds by part) run in turn, `rounds` times
+    each, the faster of each kept. What timing every op alone adds or leaves out, not work a
+    bf16 host would do; signed."""
+    eager_runs: list[dict[str, float]] = []
+    census_runs: list[dict[str, float]] = []
+    for _ in range(rounds):
+        eager_runs.append(eager())
+        census_runs.append(census())
+    return {
+        name: min(run[name] for run in census_runs) - min(run[name] for run in eager_runs)
+        for name in eager_runs[0]
+    }
+
+
 def corrected_to_eager(
-    stages: dict[str, dict[str, float]], census_minus_eager: dict[str, float]
+    stages: dict[str, dict[str, float]], excess: dict[str, float]
 ) -> dict[str, dict[str, float]]:
     """`stages` (as `projected_from_stages` takes them) with each stage's wall seconds less the
-    census's excess over an eager run measured for it (`census_minus_eager[name]` s: the same
-    work's wall under an OpCensus minus its eager wall, in fp32; negative adds time); a wall
-    never drops below its products' seconds."""
+    census's excess over an eager run measured for it (`excess[name]` s, `census_minus_eager`:
+    the same work's wall under an OpCensus minus its eager wall, in fp32; negative adds time);
+    a wall never drops below its products' seconds."""
     return {
-        name: {
-            **stage,
-            "wall": max(stage["matmul"], stage["wall"] - census_minus_eager.get(name, 0.0)),
-        }
+        name: {**stage, "wall": max(stage["matmul"], stage["wall"] - excess.get(name, 0.0))}
         for name, stage in stages.items()
     }
 

@@ -268,3 +268,23 @@ def test_bf16_proxy_upcasts_a_tensor_passed_twice_once():
     assert seen[0] is seen[1] and seen[2] is not seen[0] and seen[3] is z
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, (x.float() * x.float() + y.float() + z).bfloat16())
+
+
+def test_census_minus_eager_alternates_and_keeps_the_faster_of_each():
+    """Eager and census runs alternate (eager first); each part's faster census run less its
+    faster eager run, signed: video 1.3 − 1.0, query 0.4 − 0.5."""
+    order: list[str] = []
+    eager_runs = iter([{"video": 1.1, "query": 0.5}, {"video": 1.0, "query": 0.6}])
+    census_runs = iter([{"video": 1.4, "query": 0.4}, {"video": 1.3, "query": 0.45}])
+
+    def eager() -> dict[str, float]:
+        order.append("eager")
+        return next(eager_runs)
+
+    def census() -> dict[str, float]:
+        order.append("census")
+        return next(census_runs)
+
+    excess = common.census_minus_eager(eager, census)
+    assert order == ["eager", "census", "eager", "census"]
+    assert excess == {"video": pytest.approx(0.3), "query": pytest.approx(-0.1)}
