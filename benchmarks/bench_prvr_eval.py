@@ -281,12 +281,12 @@ def census_row(
         excess = bench.census_minus_eager(  # the same evaluation in fp32
             lambda: stage_walls(fp32_evaluate()[0]), lambda: census_walls(fp32_evaluate)
         )
-        lean = bench.corrected_to_eager(stages, excess)
-        projected_lean = tvr_scale_projection(
-            lean, order_s, n_videos, n_queries, ran_gflops, reference
+        eager_stages = bench.corrected_to_eager(stages, excess)
+        projected_eager = tvr_scale_projection(
+            eager_stages, order_s, n_videos, n_queries, ran_gflops, reference
         )
         row["census − eager s (fp32)"] = {name: round(excess[name], 3) for name in STAGES}
-        row[bench.projection_column(bench.EAGER_SHARE, reference)] = projected_lean[
+        row[bench.projection_column(bench.EAGER_SHARE, reference)] = projected_eager[
             "projected % of peak"
         ]
     row["SumR (random model)"] = round(metrics["SumR"], 2)

@@ -182,11 +182,11 @@ def census_row(
     row["load avg"] = bench.load_average()[:1]
     if precision == "bf16" and args.census_eager:  # after the row's own numbers
         excess = step_census_minus_eager(lit, optimizer, stream)
-        lean = bench.projected_share_of_peak(
+        eager = bench.projected_share_of_peak(
             flops, matmul_s, max(0.0, other_s - excess), ran_gflops, reference
         )
         row["census − eager s/step (fp32)"] = round(excess, 3)
-        row[bench.projection_column(bench.EAGER_SHARE, reference)] = lean["projected % of peak"]
+        row[bench.projection_column(bench.EAGER_SHARE, reference)] = eager["projected % of peak"]
     if args.memory and not args.recompute_elementwise:  # as in timed rows: exact under a proxy
         with bench.SavedActivations(lit) as saved, bench.OpCensus(proxy):
             training_step(lit, optimizer, next(stream), precision, update=False)

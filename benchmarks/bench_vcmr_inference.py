@@ -257,8 +257,8 @@ def census_row(
             zip(STAGES, fp32_run_all(stage=iter([OpCensus(), OpCensus()]).__next__), strict=True)
         ),
     )
-    lean = corrected_to_eager(stages, excess)
-    projected_lean = projected_from_stages(lean, factors, 0.0, ran_gflops, reference)
+    eager_stages = corrected_to_eager(stages, excess)
+    projected_eager = projected_from_stages(eager_stages, factors, 0.0, ran_gflops, reference)
     return {
         "mode": f"cached {mode}",
         "products ran as": ran_label,
@@ -275,7 +275,7 @@ def census_row(
         projection_column("projected % of peak", reference): projected["projected % of peak"],
         "census − eager s (fp32)": [round(excess[name], 3) for name in STAGES],
         projection_column(EAGER_MINUTES, reference): round(
-            projected_lean["projected step s"] / 60, 2
+            projected_eager["projected step s"] / 60, 2
         ),
         "load avg": load_average()[:1],
     }
