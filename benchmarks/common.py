@@ -699,6 +699,38 @@ _PROXIED_OPS = frozenset(
         "_native_multi_head_attention",
     }
 )
+# Ops torch runs on oneDNN in bf16 only where oneDNN's bf16 check passes (AVX-512 cores, such as
+# host A's; `torch.ops.mkldnn._is_mkldnn_bf16_supported()`) and on ATen's own kernel elsewhere,
+# while fp32 runs on oneDNN on any x86 host. A census that models host A on a CPU failing that
+# check times them as oneDNN runs them in fp32 (`OpCensus.onednn_stand_in`): the full step's bf16
+# GELU took 175 ms on ATen's kernel here against 96 ms on oneDNN in fp32 (2-core EPYC).
+_ONEDNN_BF16_OPS = frozenset({"gelu", "gelu_backward"})
+
+
+@functools.cache
+def onednn_fp32_only() -> bool:
+    """Whether torch here runs fp32 GELU on oneDNN and bf16 GELU on ATen's own kernel (oneDNN
+    built in, its bf16 check failing on this CPU), as on the EPYC without AVX-512 of #19."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def census_stand_ins(
+    proxy: bool, censuses: Sequence[OpCensus] = (), per: float = 1.0
+) -> dict[str, str]:
+    """The census row's note of ops timed by a stand-in (`OpCensus.onednn_stand_in`, which a
+    census that proxies its bf16 products switches on where torch's oneDNN bf16 check fails)
+    and, from `censuses`, their seconds (÷ `per`: steps) on this CPU's kernel and as counted."""
+    if not proxy or not onednn_fp32_only():
+        return {}
+    own = sum(census.stand_in_own for census in censuses) / per
+    counted = sum(census.stand_in_counted for census in censuses) / per
+    return {
+        "bf16 GELU timed as": "oneDNN fp32, same shape (numbers from ATen's bf16 kernel): "
+        "host A's torch runs bf16 GELU on oneDNN, this CPU's on ATen's kernel",
+        "bf16 GELU s (ATen here -> counted)": f"{own:.3f} -> {counted:.3f}",
+    }
 
 
 class OpCensus(TorchDispatchMode):
@@ -711,34 +743,57 @@ class OpCensus(TorchDispatchMode):
     rest of a bf16 step (the elementwise work in bf16 and fp32) runs as it would anywhere.
     Each op is timed alone, between Python calls, so the census's total exceeds an eager
     step's (idle threads wake up for every op): its non-matmul seconds are an upper bound.
+
+    With proxies and where torch's oneDNN bf16 check fails on this CPU, a bf16 op of
+    `_ONEDNN_BF16_OPS` that a passing CPU would run on oneDNN runs as here (its numbers) and is
+    timed on fp32 copies of its inputs, which oneDNN runs here (`onednn_stand_in`): an upper
+    bound of oneDNN's bf16 kernel, which does the same arithmetic on half the bytes.
     """
 
     def __init__(self, proxy_bf16_matmuls: bool = False, lean: bool = False) -> None:
         """`lean`: proxies run blockwise (`_proxied_in_blocks`), so that their fp32 temporaries stay
         within a few `LEAN_BLOCK_BYTES` blocks and the step's peak RSS is that of a bf16 step
-        to within them (the blocks add calls: time such steps for memory only)."""
+        to within them (the blocks add calls: time such steps for memory only; no stand-ins,
+        whose fp32 copies would count in the peak)."""
         super().__init__()
         self.proxy_bf16_matmuls = proxy_bf16_matmuls
         self.lean = lean
+        self.onednn_stand_in = proxy_bf16_matmuls and not lean and onednn_fp32_only()
         self.blocked = 0  # proxies run in blocks (the others ran whole)
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.proxied = 0
+        self.stood_in = 0  # ops timed by a oneDNN fp32 stand-in
+        # Wall seconds the stand-ins took beyond what they count (this CPU's own kernel, the
+        # fp32 copies): a stage timed around the census takes them out of its wall.
+        self.stand_in_excess = 0.0
+        self.stand_in_own = 0.0  # the stood-in ops' seconds on this CPU's kernel
+        self.stand_in_counted = 0.0  # and as counted (their stand-ins')
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         proxy = self.proxy_bf16_matmuls and name in _PROXIED_OPS and _has_bf16((args, kwargs))
-        start = time.perf_counter()
-        if proxy:
-            out = _proxied_in_blocks(func, args, kwargs) if self.lean else None
-            self.blocked += out is not None
-            if out is None:
-                out = _proxied_in_fp32(func, args, kwargs)
-            self.proxied += 1
+        if self.onednn_stand_in and _onednn_would_run(name, args, kwargs):
+            start = time.perf_counter()
+            out = func(*args, **kwargs)  # the numbers: this CPU's bf16 kernel, not counted
+            self.stand_in_own += time.perf_counter() - start
+            seconds = _timed_in_fp32(func, args, kwargs)
+            self.stand_in_excess += time.perf_counter() - start - seconds
+            self.stand_in_counted += seconds
+            self.stood_in += 1
         else:
-            out = func(*args, **kwargs)
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            start = time.perf_counter()
+            if proxy:
+                out = _proxied_in_blocks(func, args, kwargs) if self.lean else None
+                self.blocked += out is not None
+                if out is None:
+                    out = _proxied_in_fp32(func, args, kwargs)
+                self.proxied += 1
+            else:
+                out = func(*args, **kwargs)
+            seconds = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         self.calls[name] = self.calls.get(name, 0) + 1
         return out
 
@@ -859,6 +914,33 @@ def _mm_in_blocks(
             total.addmm_(a[:, lo:hi].float(), b[lo:hi].float())
         result.copy_(total)
     return result
+
+
+def _onednn_would_run(name: str, args: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether `name(*args, **kwargs)` is a bf16 op that torch runs on oneDNN where its bf16
+    check passes: exact GELU (or its backward) of a contiguous bf16 input of over one element
+    (ATen's `use_mkldnn` in Activation.cpp; a contiguous gradient too, to be sure)."""
+    if name not in _ONEDNN_BF16_OPS:
+        return False
+    x = args[0] if name == "gelu" else args[1]  # gelu(self), gelu_backward(grad, self)
+    return (
+        kwargs.get("approximate", "none") == "none"  # keyword-only in both schemas
+        and x.numel() > 1
+        and all(
+            a.dtype == torch.bfloat16 and a.is_contiguous()
+            for a in args
+            if isinstance(a, torch.Tensor)
+        )
+    )
+
+
+def _timed_in_fp32(func: Any, args: Any, kwargs: dict[str, Any]) -> float:
+    """Seconds of `func` on fp32 copies of its bf16 tensors (copies made before the clock)."""
+    cast = functools.partial(_cast_floating, torch.bfloat16, torch.float32)
+    args32, kwargs32 = tree_map(cast, args), tree_map(cast, kwargs)
+    start = time.perf_counter()
+    func(*args32, **kwargs32)
+    return time.perf_counter() - start
 
 
 def _has_bf16(tree: Any) -> bool:

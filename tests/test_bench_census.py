@@ -288,3 +288,57 @@ def test_census_minus_eager_alternates_and_keeps_the_faster_of_each():
     excess = common.census_minus_eager(eager, census)
     assert order == ["eager", "census", "eager", "census"]
     assert excess == {"video": pytest.approx(0.3), "query": pytest.approx(-0.1)}
+
+
+def test_bf16_gelu_is_timed_by_a_onednn_fp32_stand_in_where_onednn_runs_no_bf16(monkeypatch):
+    """Where torch's oneDNN bf16 check fails, a proxying census runs exact bf16 GELU and its
+    backward as this CPU does (the same numbers) and times them on fp32 copies (what oneDNN
+    runs here): counted under the op's own name, their extra wall kept in `stand_in_excess`.
+    A tanh GELU, an fp32 one, a lean census and a census without proxies stand nothing in."""
+    monkeypatch.setattr(common, "onednn_fp32_only", lambda: True)
+    torch.manual_seed(0)
+    x = torch.randn(64, 96).bfloat16().requires_grad_()
+    plain = torch.nn.functional.gelu(x)
+    (plain_grad,) = torch.autograd.grad(plain.float().square().sum(), x)
+
+    census = common.OpCensus(proxy_bf16_matmuls=True)
+    with census:
+        y = torch.nn.functional.gelu(x)
+        (grad,) = torch.autograd.grad(y.float().square().sum(), x)
+        torch.nn.functional.gelu(x, approximate="tanh")  # ATen's kernel everywhere
+        torch.nn.functional.gelu(x.float())  # fp32: oneDNN everywhere
+    assert torch.equal(y, plain) and torch.equal(grad, plain_grad)
+    assert census.onednn_stand_in and census.stood_in == 2
+    assert census.calls["gelu"] == 3 and census.calls["gelu_backward"] == 1
+    assert census.seconds["gelu_backward"] > 0 and census.stand_in_excess > 0
+    assert census.stand_in_own > 0 and 0 < census.stand_in_counted <= sum(census.seconds.values())
+    note = common.census_stand_ins(True, [census], per=2)
+    own, counted = (float(v) for v in note["bf16 GELU s (ATen here -> counted)"].split(" -> "))
+    assert own == pytest.approx(census.stand_in_own / 2, abs=1e-3)
+    assert counted == pytest.approx(census.stand_in_counted / 2, abs=1e-3)
+    assert not common.census_stand_ins(False, [census])
+
+    for quiet in (common.OpCensus(proxy_bf16_matmuls=True, lean=True), common.OpCensus()):
+        with quiet:
+            torch.nn.functional.gelu(x)
+        assert not quiet.onednn_stand_in and quiet.stood_in == 0
+        assert quiet.stand_in_excess == 0.0
+
+
+def test_onednn_would_run_follows_atens_use_mkldnn():
+    """Exact GELU (or its backward) of contiguous bf16 tensors of over one element, as ATen's
+    `use_mkldnn` sends to oneDNN where the bf16 check passes; anything else is not stood in."""
+    x = torch.randn(4, 6).bfloat16()
+    gelu, backward = torch.ops.aten.gelu.default, torch.ops.aten.gelu_backward.default
+    would = common._onednn_would_run
+    assert would("gelu", (x,), {}) and would("gelu", (x,), {"approximate": "none"})
+    assert would("gelu_backward", (x, x), {"approximate": "none"})
+    assert not would("gelu", (x,), {"approximate": "tanh"})
+    assert not would("gelu", (x.t(),), {})  # not contiguous
+    assert not would("gelu", (x[:1, :1],), {})  # one element
+    assert not would("gelu", (x.float(),), {})
+    assert not would("gelu_backward", (x.float(), x), {})  # an fp32 gradient
+    assert not would("relu", (x,), {})
+    assert gelu.overloadpacket.__name__ == "gelu" and backward.overloadpacket.__name__ == (
+        "gelu_backward"
+    )
