@@ -262,7 +262,7 @@ def census_row(
         "videos": n_videos,
         "queries": n_queries,
         "products ran as": ran_label,
-        **bench.census_stand_ins(proxy, censuses),
+        **bench.census_stand_ins(censuses),
         "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),
         "non-matmul s": round(sum(s["ops"] for s in stages.values()), 3),
         "outside ops s": round(

@@ -164,7 +164,7 @@ def census_row(
         "config": args.config,
         "census steps": args.steps,
         "products ran as": ran_label,
-        **bench.census_stand_ins(proxy, [census], args.steps),
+        **bench.census_stand_ins([census], args.steps),
         "matmul s/step": round(matmul_s, 3),
         "non-matmul s/step": round(other_s, 3),
         "ops/step": round(ops),

@@ -265,7 +265,7 @@ def census_row(
     return {
         "mode": f"cached {mode}",
         "products ran as": ran_label,
-        **census_stand_ins(proxy, censuses),
+        **census_stand_ins(censuses),
         "video_encode_s": round(encode_s, 3),
         "localize_s": round(cached_s, 3),
         "matmul s": round(sum(s["matmul"] for s in stages.values()), 3),

@@ -716,13 +716,11 @@ def onednn_fp32_only() -> bool:
     return not torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def census_stand_ins(
-    proxy: bool, censuses: Sequence[OpCensus] = (), per: float = 1.0
-) -> dict[str, str]:
-    """The census row's note of ops timed by a stand-in (`OpCensus.onednn_stand_in`, which a
-    census that proxies its bf16 products switches on where torch's oneDNN bf16 check fails)
-    and, from `censuses`, their seconds (÷ `per`: steps) on this CPU's kernel and as counted."""
-    if not proxy or not onednn_fp32_only():
+def census_stand_ins(censuses: Sequence[OpCensus], per: float = 1.0) -> dict[str, str]:
+    """The census row's note of ops timed by a stand-in, where one of `censuses` stands them in
+    (`OpCensus.onednn_stand_in`), and their seconds (÷ `per`: steps) on this CPU's kernel and
+    as counted; {} where none does."""
+    if not any(census.onednn_stand_in for census in censuses):
         return {}
     own = sum(census.stand_in_own for census in censuses) / per
     counted = sum(census.stand_in_counted for census in censuses) / per
